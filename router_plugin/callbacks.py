@@ -1,0 +1,152 @@
+"""LiteLLM callbacks: settle reservations, calibrate from provider headers, record failures for every worker.
+
+    success -> settle the token estimate to the real ``usage``; calibrate counters from rate-limit headers
+    failure -> classify (providers/) and record until the *real* reset:
+               OpenRouter per-minute 429 -> account pool blocked to the minute's end
+               OpenRouter per-day 429    -> account pool blocked to UTC midnight
+               upstream-provider 429     -> only that model cooled (short, escalating)
+               404 gone / model_not_found -> model quarantined for hours (logged loudly)
+               402                       -> OpenRouter pool blocked, loud credit error
+               5xx / timeout / unknown   -> short escalating cooldown of that model
+               400 / 401 / context       -> nothing shared: it is this request's problem
+           (LiteLLM 1.108 already raises an OpenRouter "HTTP 200 with an error body" as APIError 502, so it
+           arrives here as a failure, not as a success.)
+           tokens are refunded; the request itself stays counted (providers count failed attempts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from litellm.integrations.custom_logger import CustomLogger
+
+from . import providers
+from ._plans import PlanBook
+from .config import Settings
+from .limits import DeploymentPlan
+from .providers.facts import (
+    CreditsExhausted,
+    Exhausted,
+    Fact,
+    ModelBusy,
+    ModelGone,
+    ServerError,
+    Unknown,
+)
+from .store import QuotaStore, Reservation
+from .strategy import METADATA_KEY
+
+log = logging.getLogger("router_plugin")
+
+
+class QuotaCallbacks(CustomLogger):
+    def __init__(self, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str):
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.plans = plans
+        self.owner = owner
+
+    # ---- success -------------------------------------------------------------------------------------------
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        state, plan = self._ours(kwargs)
+        if plan is None:
+            return
+        try:
+            reservation = _reservation(plan, state)
+            if reservation is not None:
+                await self.store.settle(reservation, _total_tokens(response_obj, reservation.tokens))
+            headers = _success_headers(kwargs, response_obj)
+            if headers:
+                await self.store.calibrate(plan, providers.remaining(plan.provider, headers, None, time.time()))
+        except Exception as exc:  # never let bookkeeping break a served request
+            log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
+
+    # ---- failure -------------------------------------------------------------------------------------------
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        state, plan = self._ours(kwargs)
+        if plan is None:
+            return
+        exc = kwargs.get("exception")
+        now = time.time()
+        try:
+            fact = providers.classify_exception(plan.provider or "", exc, now)
+            state["last_failure"] = type(fact).__name__
+            await self._record(plan, fact)
+            seen = providers.exception_remaining(plan.provider or "", exc, now)
+            if seen:
+                await self.store.calibrate(plan, seen)
+            reservation = _reservation(plan, state)
+            if reservation is not None:
+                await self.store.refund(reservation)
+        except Exception as err:
+            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, err)
+
+    async def _record(self, plan: DeploymentPlan, fact: Fact) -> None:
+        cd = self.settings.cooldowns
+        if isinstance(fact, Exhausted):
+            counter = next((c for c in plan.counters if c.limit.name == fact.limit), None)
+            until_ms = int(fact.until * 1000)
+            if fact.model_only or counter is None:
+                await self.store.cool(plan, f"{fact.limit} limit: {fact.detail}", 0, 0, escalate=False, until_ms=until_ms)
+            else:
+                await self.store.block(plan, counter, until_ms, "exhausted (provider 429)")
+            log.warning("router_plugin: %s exhausted %s until %s: %s", plan.model, fact.limit,
+                        time.strftime("%H:%M:%S UTC", time.gmtime(fact.until)), fact.detail)
+        elif isinstance(fact, ModelBusy):
+            await self.store.cool(plan, f"busy upstream: {fact.detail}", cd.busy_s, cd.busy_max_s)
+        elif isinstance(fact, ModelGone):
+            strikes = await self.store.cool(plan, f"quarantined: {fact.detail}", cd.gone_s, cd.gone_s, escalate=False)
+            if strikes == 1:  # once per quarantine, not once per in-flight request that hit it
+                log.error("router_plugin: %s is gone (%s); quarantined for %.0f h for every worker — "
+                          "remove it from the config", plan.model, fact.detail, cd.gone_s / 3600)
+        elif isinstance(fact, CreditsExhausted):
+            for counter in plan.counters:
+                await self.store.block(plan, counter, int((time.time() + cd.credits_s) * 1000),
+                                       "account balance negative (402)")
+            log.error("router_plugin: OpenRouter account balance is negative (402: %s); every :free model of this "
+                      "key refuses until credits are added — pool blocked for %.0f s", fact.detail, cd.credits_s)
+        elif isinstance(fact, (ServerError, Unknown)):
+            await self.store.cool(plan, f"failing: {fact.detail}", cd.server_error_s, cd.server_error_max_s)
+        # ContextTooLong, RequestTooLarge, Rejected: this request's own problem, nothing to share.
+
+    def _ours(self, kwargs: Mapping[str, Any]) -> tuple[dict, DeploymentPlan | None]:
+        params = kwargs.get("litellm_params") or {}
+        metadata = params.get("metadata") or kwargs.get("metadata") or {}
+        state = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
+        if not isinstance(state, dict) or state.get("owner") != self.owner:
+            return {}, None
+        return state, self.plans.by_id(str(state.get("deployment_id")))
+
+
+def _reservation(plan: DeploymentPlan, state: Mapping[str, Any]) -> Reservation | None:
+    if not state.get("metered"):
+        return None
+    return Reservation(plan, int(state.get("tokens", 0)), int(state.get("reserved_at_ms", 0)))
+
+
+def _total_tokens(response_obj: Any, fallback: int) -> int:
+    """Real usage; a missing or zero usage keeps the estimate (LiteLLM drops Groq's ``x_groq.usage`` on
+    streams without ``stream_options.include_usage``: settling to 0 would under-count)."""
+    usage = getattr(response_obj, "usage", None)
+    total = getattr(usage, "total_tokens", None) if usage is not None else None
+    if isinstance(total, int) and total > 0:
+        return total
+    return fallback
+
+
+def _success_headers(kwargs: Mapping[str, Any], response_obj: Any) -> dict | None:
+    headers = kwargs.get("response_headers")
+    if headers:
+        return dict(headers)
+    hidden = getattr(response_obj, "_hidden_params", None) or {}
+    extra = hidden.get("additional_headers") if isinstance(hidden, Mapping) else None
+    if not extra:
+        return None
+    # "llm_provider-x-ratelimit-..." keys carry the raw provider headers.
+    return {k[len("llm_provider-"):]: v for k, v in extra.items() if str(k).startswith("llm_provider-")} or None

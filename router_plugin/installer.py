@@ -1,0 +1,101 @@
+"""Put the plugin into a ``litellm.Router``: strategy, callbacks, and the retry policy that goes with them.
+
+``build_router(config)`` builds a Router from a LiteLLM config (path or dict) and installs the plugin;
+``install(router, settings)`` installs it into a Router the user built. Both are idempotent per Router.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
+import litellm
+
+from ._plans import PlanBook
+from .callbacks import QuotaCallbacks
+from .config import PluginConfig, Settings, load_config, parse_settings
+from .retry import install_retry_policy
+from .store import QuotaStore, SyncQuotaStore, resolve_target
+from .strategy import QuotaRouting
+
+_ATTR = "_router_plugin"
+
+
+@dataclass
+class Installed:
+    """What ``install`` put into a router; reachable as ``router._router_plugin``."""
+
+    settings: Settings
+    strategy: QuotaRouting
+    callbacks: QuotaCallbacks
+    store: QuotaStore
+    sync_store: SyncQuotaStore
+    plans: PlanBook
+
+
+def build_router(config: str | os.PathLike | Mapping[str, Any], **router_kwargs: Any) -> litellm.Router:
+    """A ``litellm.Router`` for the config's ``model_list``, with the plugin installed.
+
+    ``router_settings`` from the file are passed to the Router (explicit ``router_kwargs`` win).
+    """
+    loaded: PluginConfig = load_config(config)
+    kwargs = {**_router_settings(loaded.router_settings), **router_kwargs}
+    router = litellm.Router(model_list=loaded.model_list, **kwargs)
+    install(router, loaded.settings)
+    return router
+
+
+def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | None = None) -> Installed:
+    """Install the strategy, callbacks and retry policy into ``router`` (once; later calls return the same)."""
+    existing = router.__dict__.get(_ATTR)
+    if isinstance(existing, Installed):
+        _ensure_strategy(router, existing)
+        return existing
+    if not isinstance(settings, Settings):
+        settings = parse_settings(settings, "<install settings>")
+    target = resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s)
+    store = QuotaStore(target, settings.key_prefix, arrival_margin_s=settings.arrival_margin_s)
+    sync_store = SyncQuotaStore(target, settings.key_prefix, arrival_margin_s=settings.arrival_margin_s)
+    plans = PlanBook(settings.plan_inputs)
+    owner = uuid.uuid4().hex[:12]
+    strategy = QuotaRouting(router, settings, store, plans, owner, sync_store=sync_store)
+    callbacks = QuotaCallbacks(settings, store, plans, owner)
+    installed = Installed(settings, strategy, callbacks, store, sync_store, plans)
+    router.__dict__[_ATTR] = installed
+    for deployment in router.model_list:  # derive every plan now: bad limits fail at start, not mid-request
+        plans.plan(deployment)
+    _ensure_strategy(router, installed)
+    install_retry_policy(router, chain_length=_longest_chain(router))
+    litellm.logging_callback_manager.add_litellm_callback(callbacks)
+    return installed
+
+
+def installed(router: litellm.Router) -> Installed | None:
+    value = router.__dict__.get(_ATTR)
+    return value if isinstance(value, Installed) else None
+
+
+def _ensure_strategy(router: litellm.Router, inst: Installed) -> None:
+    """(Re)install the strategy: ``update_settings(routing_strategy=...)`` silently removes custom strategies."""
+    current = router.__dict__.get("async_get_available_deployment")
+    if getattr(current, "__self__", None) is not inst.strategy:
+        router.set_custom_routing_strategy(inst.strategy)
+    # The plugin keeps shared, provider-accurate cooldowns in Redis; LiteLLM's per-process cooldowns would only
+    # make its retry loop give up while the chain still has deployments with quota.
+    router.disable_cooldowns = True
+
+
+def _longest_chain(router: litellm.Router) -> int:
+    sizes: dict[str, int] = {}
+    for deployment in router.model_list:
+        sizes[deployment["model_name"]] = sizes.get(deployment["model_name"], 0) + 1
+    return max(sizes.values(), default=1)
+
+
+def _router_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    # The plugin is the routing strategy; a routing_strategy from the file would be replaced anyway.
+    return {k: v for k, v in raw.items() if k not in ("routing_strategy", "routing_strategy_args")}

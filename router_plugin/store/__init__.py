@@ -1,0 +1,190 @@
+"""The quota store: every worker's counters in one Redis.
+
+``QuotaStore`` (asyncio, the request path) and ``SyncQuotaStore`` (CLI, sync callers) are thin: the keys, the
+script arguments and the replies live in ``_codec``; the atomic logic lives in the ``.lua`` files beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from ..errors import StoreError
+from ..limits import Counter, DeploymentPlan
+from ..providers.facts import Remaining
+from . import _codec
+from ._codec import Blocked, CounterState, KeySpace, Reservation
+from .connect import StoreTarget, resolve_target
+
+__all__ = [
+    "Blocked",
+    "CounterState",
+    "QuotaStore",
+    "Reservation",
+    "StoreTarget",
+    "SyncQuotaStore",
+    "resolve_target",
+]
+
+log = logging.getLogger("router_plugin.store")
+
+
+class _Base:
+    def __init__(self, target: StoreTarget, prefix: str = "rp:", arrival_margin_s: float = 2.0):
+        self.target = target
+        self.keys = KeySpace(prefix)
+        self.margin_ms = int(arrival_margin_s * 1000)
+
+    def _error(self, action: str, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"quota store {self.target.describe()} failed to {action}: {type(exc).__name__}: {exc}. "
+            f"Check that Redis is running and reachable, or set router_plugin.redis_url."
+        )
+
+
+class QuotaStore(_Base):
+    """Async store used inside LiteLLM's event loop. One round trip per reservation.
+
+    An asyncio Redis connection belongs to the loop that opened it, and services that call ``asyncio.run``
+    per job get a new loop each time: the store keeps one client per running loop.
+    """
+
+    def __init__(self, target: StoreTarget, prefix: str = "rp:", client: Any = None, arrival_margin_s: float = 2.0):
+        super().__init__(target, prefix, arrival_margin_s)
+        self._fixed_client = client
+        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @property
+    def _scripts(self) -> dict:
+        loop = asyncio.get_running_loop()
+        scripts = self._per_loop.get(loop)
+        if scripts is None:
+            client = self._fixed_client if self._fixed_client is not None else self.target.async_client()
+            scripts = {name: client.register_script(src) for name, src in _codec.SCRIPTS.items()}
+            scripts["client"] = client
+            self._per_loop[loop] = scripts
+        return scripts
+
+    @property
+    def client(self) -> Any:
+        return self._scripts["client"]
+
+    async def reserve(
+        self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
+    ) -> Reservation | Blocked:
+        try:
+            reply = await self._scripts["reserve"](
+                keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
+            )
+        except redis.RedisError as exc:
+            raise self._error("reserve", exc) from exc
+        return _codec.parse_reserve(plan, tokens, reply)
+
+    async def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
+        return await self.reserve(plan, 0, dry=True, counters_only=counters_only)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        await self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
+
+    async def refund(self, reservation: Reservation, requests: bool = False) -> None:
+        await self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))
+
+    async def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        await self._adjust(plan, _codec.calibrate_ops(plan, facts))
+
+    async def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
+        """Block one counter for every worker until ``until_ms``; returns the block's end."""
+        return (await self._mark(self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why)))[0]
+
+    async def cool(
+        self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
+    ) -> int:
+        """Set one model aside for every worker; returns how many times it was set aside recently (strikes)."""
+        args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
+        return (await self._mark(self.keys.model(plan), args))[1]
+
+    async def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
+        if not ops:
+            return
+        try:
+            await self._scripts["adjust"](
+                keys=[self.keys.counter(plan, op[0]) for op in ops], args=_codec.adjust_args(ops)
+            )
+        except redis.RedisError as exc:
+            raise self._error("adjust counters", exc) from exc
+
+    async def _mark(self, key: str, args: list) -> tuple[int, int]:
+        try:
+            reply = await self._scripts["mark"](keys=[key], args=args)
+        except redis.RedisError as exc:
+            raise self._error("record a block", exc) from exc
+        return int(reply[0]), int(reply[1])
+
+    async def aclose(self) -> None:
+        scripts = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if scripts is not None:
+            await scripts["client"].aclose()
+
+
+class SyncQuotaStore(_Base):
+    """The same operations, blocking: for the CLI, tests and sync ``Router.completion``."""
+
+    def __init__(self, target: StoreTarget, prefix: str = "rp:", client: Any = None, arrival_margin_s: float = 2.0):
+        super().__init__(target, prefix, arrival_margin_s)
+        self.client = client if client is not None else target.sync_client()
+        self._scripts = {name: self.client.register_script(src) for name, src in _codec.SCRIPTS.items()}
+
+    def reserve(
+        self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
+    ) -> Reservation | Blocked:
+        try:
+            reply = self._scripts["reserve"](
+                keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
+            )
+        except redis.RedisError as exc:
+            raise self._error("reserve", exc) from exc
+        return _codec.parse_reserve(plan, tokens, reply)
+
+    def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
+        return self.reserve(plan, 0, dry=True, counters_only=counters_only)
+
+    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
+
+    def refund(self, reservation: Reservation, requests: bool = False) -> None:
+        self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))
+
+    def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        self._adjust(plan, _codec.calibrate_ops(plan, facts))
+
+    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
+        return self._mark(self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why))[0]
+
+    def cool(
+        self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
+    ) -> int:
+        args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
+        return self._mark(self.keys.model(plan), args)[1]
+
+    def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
+        if not ops:
+            return
+        try:
+            self._scripts["adjust"](keys=[self.keys.counter(plan, op[0]) for op in ops], args=_codec.adjust_args(ops))
+        except redis.RedisError as exc:
+            raise self._error("adjust counters", exc) from exc
+
+    def _mark(self, key: str, args: list) -> tuple[int, int]:
+        try:
+            reply = self._scripts["mark"](keys=[key], args=args)
+        except redis.RedisError as exc:
+            raise self._error("record a block", exc) from exc
+        return int(reply[0]), int(reply[1])
+
+    def close(self) -> None:
+        self.client.close()

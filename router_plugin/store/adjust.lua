@@ -1,0 +1,45 @@
+-- Adjust counters after a call: settle real tokens, refund, or calibrate from provider headers.
+--
+-- KEYS[i]   counter hashes (see reserve.lua)
+-- ARGV[1]   n
+-- ARGV[2..] per counter: kind ("f" | "r"), capacity, window_ms, op, value, window_index
+--             op "+" : add value (may be negative: a refund or an over-estimate settled); for a fixed window only
+--                      when the counter is still in window_index (the window the reservation was made in)
+--             op ">" : raise used to at least value (calibration: the provider saw more use than we counted)
+-- Reply: {now_ms}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local base = 2 + (i - 1) * 6
+  local kind, cap, win = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local op, value, wanted = ARGV[base + 3], tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
+  local key = KEYS[i]
+  local h = redis.call('HMGET', key, 'at', 'used')
+  local at, used = tonumber(h[1]), tonumber(h[2]) or 0
+  local new_at, new_used, keep_until = nil, nil, nil
+  if kind == 'f' then
+    local w = math.floor(now / win)
+    if at ~= w then used = 0 end
+    if op == '+' then
+      if wanted == w then new_used = used + value end
+    elseif value > used then
+      new_used = value
+    end
+    new_at, keep_until = w, (w + 1) * win + 1000
+  else
+    if at then
+      used = used - (now - at) * cap / win
+      if used < 0 then used = 0 end
+    end
+    if op == '+' then new_used = used + value elseif value > used then new_used = value end
+    new_at, keep_until = now, now + win + 1000
+  end
+  if new_used ~= nil then
+    if new_used < 0 then new_used = 0 end
+    redis.call('HSET', key, 'at', string.format('%.17g', new_at), 'used', string.format('%.17g', new_used))
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 or now + ttl < keep_until then redis.call('PEXPIREAT', key, keep_until) end
+  end
+end
+return {now}
