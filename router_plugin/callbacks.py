@@ -26,6 +26,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from . import providers
 from ._plans import PlanBook
 from .config import Settings
+from .events import Events
 from .limits import DeploymentPlan
 from .providers.facts import (
     CreditsExhausted,
@@ -43,8 +44,10 @@ log = logging.getLogger("router_plugin")
 
 
 class QuotaCallbacks(CustomLogger):
-    def __init__(self, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str):
+    def __init__(self, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
+                 events: Events | None = None):
         super().__init__()
+        self.events = events if events is not None else Events()
         self.settings = settings
         self.store = store
         self.plans = plans
@@ -58,8 +61,10 @@ class QuotaCallbacks(CustomLogger):
             return
         try:
             reservation = _reservation(plan, state)
+            total = _total_tokens(response_obj, reservation.tokens if reservation else 0)
+            self.events.succeeded(plan, total)
             if reservation is not None:
-                await self.store.settle(reservation, _total_tokens(response_obj, reservation.tokens))
+                await self.store.settle(reservation, total)
             headers = _success_headers(kwargs, response_obj)
             if headers:
                 await self.store.calibrate(plan, providers.remaining(plan.provider, headers, None, time.time()))
@@ -77,6 +82,7 @@ class QuotaCallbacks(CustomLogger):
         try:
             fact = providers.classify_exception(plan.provider or "", exc, now)
             state["last_failure"] = type(fact).__name__
+            self.events.failed(plan, fact)
             await self._record(plan, fact)
             seen = providers.exception_remaining(plan.provider or "", exc, now)
             if seen:

@@ -18,6 +18,7 @@ import litellm
 from ._plans import PlanBook
 from .callbacks import QuotaCallbacks
 from .config import PluginConfig, Settings, load_config, parse_settings
+from .events import Events
 from .retry import install_retry_policy
 from .store import QuotaStore, SyncQuotaStore, resolve_target
 from .strategy import QuotaRouting
@@ -30,6 +31,7 @@ class Installed:
     """What ``install`` put into a router; reachable as ``router._router_plugin``."""
 
     settings: Settings
+    events: Events  # add observers here: installed(router).events.add(my_observer)
     strategy: QuotaRouting
     callbacks: QuotaCallbacks
     store: QuotaStore
@@ -62,9 +64,10 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     sync_store = SyncQuotaStore(target, settings.key_prefix, arrival_margin_s=settings.arrival_margin_s)
     plans = PlanBook(settings.plan_inputs)
     owner = uuid.uuid4().hex[:12]
-    strategy = QuotaRouting(router, settings, store, plans, owner, sync_store=sync_store)
-    callbacks = QuotaCallbacks(settings, store, plans, owner)
-    installed = Installed(settings, strategy, callbacks, store, sync_store, plans)
+    events = Events()
+    strategy = QuotaRouting(router, settings, store, plans, owner, sync_store=sync_store, events=events)
+    callbacks = QuotaCallbacks(settings, store, plans, owner, events=events)
+    installed = Installed(settings, events, strategy, callbacks, store, sync_store, plans)
     router.__dict__[_ATTR] = installed
     for deployment in router.model_list:  # derive every plan now: bad limits fail at start, not mid-request
         plans.plan(deployment)

@@ -8,7 +8,7 @@ the next deployment could serve it, and a 429 on a one-deployment group sleeps o
   and the strategy's next walk skips what cannot serve (``max_wait_s`` is the one place the plugin waits);
 * move on to the next deployment after failures that belong to the deployment (model gone, credits, busy,
   server errors, context too small, request too large for its TPM), while other deployments remain;
-* never retry a refusal by the plugin itself, or a request the provider rejected as malformed (400/401/403
+* never retry a refusal by the plugin itself, a failure of its store, or a request the provider rejected as malformed (400/401/403
   that are not about the model): the next deployment would reject it too;
 * allow enough retries to walk the longest chain once.
 """
@@ -20,6 +20,7 @@ import types
 from typing import Any
 
 from . import providers
+from .errors import RouterPluginError
 from .providers.facts import Rejected
 from .strategy import QuotaExhaustedError
 
@@ -33,8 +34,8 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
 
     def should_retry_this_error(self, error: Exception, healthy_deployments=None, all_deployments=None,
                                 context_window_fallbacks=None, content_policy_fallbacks=None, regular_fallbacks=None):
-        if isinstance(error, QuotaExhaustedError):
-            raise error
+        if isinstance(error, (QuotaExhaustedError, RouterPluginError)):
+            raise error  # the plugin's own refusal or a store/config failure: retrying cannot help
         fact = providers.classify_exception(_provider_of(error), error, time.time())
         if isinstance(fact, Rejected):
             raise error

@@ -22,6 +22,7 @@ from litellm.router import CustomRoutingStrategyBase
 
 from ._plans import PlanBook
 from .config import Settings
+from .events import Events
 from .limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
 from .store import Blocked, QuotaStore, Reservation, SyncQuotaStore
 
@@ -50,8 +51,9 @@ class Skip:
 
 class QuotaRouting(CustomRoutingStrategyBase):
     def __init__(self, router: Any, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
-                 sync_store: SyncQuotaStore | None = None):
+                 sync_store: SyncQuotaStore | None = None, events: Events | None = None):
         self.router = router
+        self.events = events if events is not None else Events()
         self.settings = settings
         self.store = store
         self.sync_store = sync_store
@@ -71,7 +73,9 @@ class QuotaRouting(CustomRoutingStrategyBase):
             for deployment, plan in request.candidates():
                 if not plan.metered:
                     return request.chosen(deployment, plan, None)
+                started = time.perf_counter()
                 outcome = await self.store.reserve(plan, request.tokens)
+                self.events.reserve_timed(plan, time.perf_counter() - started)
                 if isinstance(outcome, Reservation):
                     return request.chosen(deployment, plan, outcome)
                 blocked.append(outcome)
@@ -93,7 +97,9 @@ class QuotaRouting(CustomRoutingStrategyBase):
             for deployment, plan in request.candidates():
                 if not plan.metered:
                     return request.chosen(deployment, plan, None)
+                started = time.perf_counter()
                 outcome = self.sync_store.reserve(plan, request.tokens)
+                self.events.reserve_timed(plan, time.perf_counter() - started)
                 if isinstance(outcome, Reservation):
                     return request.chosen(deployment, plan, outcome)
                 blocked.append(outcome)
@@ -160,11 +166,12 @@ class _Request:
             attempts=attempts,
             remaining={s.counter.limit.name: s.remaining for s in reservation.states} if reservation else {},
         )
+        skipped = [(s.plan.model, s.why) for s in self.skipped]
         log.info(
             "router_plugin route group=%s chosen=%s attempt=%d tokens~%d skipped=[%s]",
-            self.model, plan.model, attempts, self.tokens,
-            "; ".join(f"{s.plan.model}: {s.why}" for s in self.skipped),
+            self.model, plan.model, attempts, self.tokens, "; ".join(f"{m}: {why}" for m, why in skipped),
         )
+        self.strategy.events.routed(self.model, plan, attempts, skipped, reservation)
         return deployment
 
     def wait_before_retry(self, blocked: list[Blocked], deadline: float) -> float | None:
@@ -183,6 +190,7 @@ class _Request:
         retry_after = min(waits) if waits else None
         message = f"no deployment of '{self.model}' can take this request now: " + "; ".join(reasons or ["no candidates"])
         log.info("router_plugin refuse group=%s reasons=[%s]", self.model, "; ".join(reasons))
+        self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], retry_after)
         return QuotaExhaustedError(self.model, message, retry_after)
 
 
