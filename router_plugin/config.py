@@ -36,6 +36,31 @@ class Cooldowns:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """Per-attempt time limits (seconds); the overall budget bounds the whole call, fallbacks included."""
+
+    connect_s: float = 10.0  # connect + response headers of one attempt
+    first_token_s: float = 20.0  # a stream's first content chunk
+    stream_idle_s: float = 15.0  # silence between two chunks of a stream
+    total_s: float = 120.0  # the whole call across attempts
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Opt-in background refresh of the OpenRouter tier (/api/v1/key) and rosters (/models); 0 = off."""
+
+    interval_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Prometheus metrics; ``port`` serves them on a port of our own (None: only via the helper / proxy)."""
+
+    enabled: bool = False
+    port: int | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The ``router_plugin:`` section. Every key has a sound default."""
 
@@ -53,6 +78,14 @@ class Settings:
     allow_paid: bool = False
     default_max_tokens: int = 1024
     cooldowns: Cooldowns = field(default_factory=Cooldowns)
+    # Redis down: "fail_open" keeps serving from a per-process limiter holding 1/expected_workers of each
+    # limit; "fail_closed" refuses every request until the store answers again.
+    on_store_error: str = "fail_open"
+    expected_workers: int = 4
+    redis_cluster: bool = False  # redis_url points at a Redis Cluster node
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    calibration: Calibration = field(default_factory=Calibration)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def plan_inputs(self) -> PlanInputs:
@@ -72,7 +105,8 @@ class PluginConfig:
 
 _SECTION_KEYS = {
     "redis_url", "embedded_path", "key_prefix", "redis_timeout_s", "openrouter", "limits", "max_wait_s",
-    "arrival_margin_s", "allow_paid", "default_max_tokens", "cooldowns",
+    "arrival_margin_s", "allow_paid", "default_max_tokens", "cooldowns", "on_store_error", "expected_workers",
+    "redis_cluster", "timeouts", "calibration", "metrics",
 }
 
 
@@ -149,7 +183,13 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         arrival_margin_s=_number(section, "arrival_margin_s", 2.0, where),
         allow_paid=_bool(section, "allow_paid", False, where),
         default_max_tokens=int(_number(section, "default_max_tokens", 1024, where, positive=True, integer=True)),
-        cooldowns=_parse_cooldowns(section.get("cooldowns"), where),
+        cooldowns=_parse_seconds(section.get("cooldowns"), Cooldowns, "cooldowns", where),
+        on_store_error=_choice(section, "on_store_error", ("fail_open", "fail_closed"), where),
+        expected_workers=int(_number(section, "expected_workers", 4, where, positive=True, integer=True)),
+        redis_cluster=_bool(section, "redis_cluster", False, where),
+        timeouts=_parse_seconds(section.get("timeouts"), Timeouts, "timeouts", where),
+        calibration=_parse_seconds(section.get("calibration"), Calibration, "calibration", where, zero_ok=True),
+        metrics=_parse_metrics(section.get("metrics"), where),
     )
 
 
@@ -172,16 +212,40 @@ def _parse_limits(raw: Any, where: str) -> dict[str, LimitOverride]:
     return out
 
 
-def _parse_cooldowns(raw: Any, where: str) -> Cooldowns:
+def _parse_seconds(raw: Any, cls: type, name: str, where: str, zero_ok: bool = False):
+    """A sub-section of numbers (seconds) whose keys are the fields of ``cls``."""
     if raw is None:
-        return Cooldowns()
+        return cls()
     if not isinstance(raw, Mapping):
-        raise ConfigError(where, "router_plugin.cooldowns", "must be a mapping of seconds")
-    names = {f.name for f in fields(Cooldowns)}
-    for name in raw:
-        if name not in names:
-            raise ConfigError(where, f"router_plugin.cooldowns.{name}", "unknown key", _did_you_mean(name, names))
-    return Cooldowns(**{n: _number(raw, n, getattr(Cooldowns, n), where, positive=True, prefix="router_plugin.cooldowns.") for n in raw})
+        raise ConfigError(where, f"router_plugin.{name}", "must be a mapping of numbers (seconds)")
+    names = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(where, f"router_plugin.{name}.{key}", "unknown key", _did_you_mean(key, names))
+    return cls(**{
+        k: _number(raw, k, getattr(cls, k), where, positive=not zero_ok, prefix=f"router_plugin.{name}.") for k in raw
+    })
+
+
+def _parse_metrics(raw: Any, where: str) -> Metrics:
+    if raw is None:
+        return Metrics()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, "router_plugin.metrics", "must be a mapping like {enabled: true, port: 9464}")
+    for key in raw:
+        if key not in ("enabled", "port"):
+            raise ConfigError(where, f"router_plugin.metrics.{key}", "unknown key", "expected enabled or port")
+    port = _number(raw, "port", None, where, positive=True, integer=True, prefix="router_plugin.metrics.")
+    if port is not None and port > 65535:
+        raise ConfigError(where, "router_plugin.metrics.port", f"must be a TCP port (1-65535), got {port}")
+    return Metrics(enabled=_bool(raw, "enabled", True, where, prefix="router_plugin.metrics."), port=port)
+
+
+def _choice(section: Mapping, name: str, options: tuple[str, ...], where: str) -> str:
+    value = section.get(name, options[0])
+    if value not in options:
+        raise ConfigError(where, f"router_plugin.{name}", f"must be one of {', '.join(options)}, got {value!r}")
+    return value
 
 
 def _parse_model_list(raw: Any, where: str, settings: Settings) -> list[dict[str, Any]]:
@@ -237,10 +301,10 @@ def _opt_str(section: Mapping, name: str, where: str) -> str | None:
     return value
 
 
-def _bool(section: Mapping, name: str, default: bool, where: str) -> bool:
+def _bool(section: Mapping, name: str, default: bool, where: str, prefix: str = "router_plugin.") -> bool:
     value = section.get(name, default)
     if not isinstance(value, bool):
-        raise ConfigError(where, f"router_plugin.{name}", f"must be true or false, got {value!r}")
+        raise ConfigError(where, f"{prefix}{name}", f"must be true or false, got {value!r}")
     return value
 
 

@@ -79,6 +79,12 @@ def test_yaml_file_and_env_reference(tmp_path, monkeypatch):
         (with_section(openrouter={"tier": "gold"}), "router_plugin.openrouter.tier", "'free'"),
         (with_section(max_wait_s="soon"), "router_plugin.max_wait_s", "must be a number"),
         (with_section(allow_paid="yes"), "router_plugin.allow_paid", "true or false"),
+        (with_section(on_store_error="ignore"), "router_plugin.on_store_error", "fail_open, fail_closed"),
+        (with_section(timeouts={"first_token_s": 0}), "router_plugin.timeouts.first_token_s", "positive"),
+        (with_section(timeouts={"ttft": 3}), "router_plugin.timeouts.ttft", "unknown key"),
+        (with_section(cooldowns={"busy_s": -1}), "router_plugin.cooldowns.busy_s", "positive"),
+        (with_section(metrics={"port": 70000}), "router_plugin.metrics.port", "TCP port"),
+        (with_section(expected_workers=0), "router_plugin.expected_workers", "positive"),
     ],
 )
 def test_bad_configs_name_the_key(config, key, words):
