@@ -12,6 +12,13 @@
            (LiteLLM 1.108 already raises an OpenRouter "HTTP 200 with an error body" as APIError 502, so it
            arrives here as a failure, not as a success.)
            tokens are refunded; the request itself stays counted (providers count failed attempts).
+           A first HTTP 500 of a deployment in a request sets nothing aside: the strategy gives it one retry.
+           A failure inside a stream that had started (an in-band error chunk) is classified as a stream chunk:
+           a bare "Rate limit exceeded" there means that model is busy, not that the account's minute is spent.
+    attempts that timed out or whose stream broke off are booked by timeouts.py / streams.py through
+    ``record_failure`` (LiteLLM fires no event for an attempt the plugin abandoned); an attempt is booked once.
+    A success closes the circuit: the model's strike count is cleared, so its next failure starts the
+    cooldown from the base again (circuit.py).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import providers
 from ._plans import PlanBook
+from .circuit import close_circuit
 from .config import Settings
 from .events import Events
 from .limits import DeploymentPlan
@@ -39,6 +47,7 @@ from .providers.facts import (
 )
 from .store import QuotaStore, Reservation
 from .strategy import METADATA_KEY
+from .timeouts import FAILED_KEY
 
 log = logging.getLogger("router_plugin")
 
@@ -57,7 +66,7 @@ class QuotaCallbacks(CustomLogger):
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
         state, plan = self._ours(kwargs)
-        if plan is None:
+        if plan is None or state.get("booked"):  # a stream the plugin judged broken is no completion
             return
         try:
             reservation = _reservation(plan, state)
@@ -68,6 +77,7 @@ class QuotaCallbacks(CustomLogger):
             headers = _success_headers(kwargs, response_obj)
             if headers:
                 await self.store.calibrate(plan, providers.remaining(plan.provider, headers, None, time.time()))
+            await close_circuit(self.store, plan)
         except Exception as exc:  # never let bookkeeping break a served request
             log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
 
@@ -75,15 +85,26 @@ class QuotaCallbacks(CustomLogger):
 
     async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
         state, plan = self._ours(kwargs)
-        if plan is None:
+        if plan is None or state.get("booked"):
             return
+        failed_id = ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id")
+        if failed_id and str(failed_id) != plan.deployment_id and self.plans.by_id(str(failed_id)) is not None:
+            # This event arrived after the request moved on to another deployment: book the one that failed,
+            # and leave the state (the current attempt's) alone.
+            plan, state = self.plans.by_id(str(failed_id)), {"attempts": state.get("attempts")}
+        state["booked"] = True
         exc = kwargs.get("exception")
         now = time.time()
         try:
             fact = providers.classify_exception(plan.provider or "", exc, now)
+            if kwargs.get("stream") and kwargs.get("completion_start_time") is not None:
+                fact = _in_stream(fact)  # the stream had started: an in-band error chunk, not an HTTP status
             state["last_failure"] = type(fact).__name__
             self.events.failed(plan, fact)
-            await self._record(plan, fact)
+            if _first_500(fact, plan, _metadata_of(kwargs), int(state.get("attempts") or 0)):
+                log.info("router_plugin: %s answered 500; one retry on it before it is set aside", plan.model)
+            else:
+                await self._record(plan, fact)
             seen = providers.exception_remaining(plan.provider or "", exc, now)
             if seen:
                 await self.store.calibrate(plan, seen)
@@ -92,6 +113,47 @@ class QuotaCallbacks(CustomLogger):
                 await self.store.refund(reservation)
         except Exception as err:
             log.warning("router_plugin: could not record the failure of %s: %s", plan.model, err)
+
+    async def record_failure(self, state: Mapping[str, Any], fact: Fact, cool: bool = True) -> None:
+        """Book an attempt the plugin itself gave up on (timed out, stream broke off); once per attempt.
+
+        The attempt stays counted (it reached the provider); its tokens are refunded; ``cool`` sets the model
+        aside for every worker like any other failure of that kind.
+        """
+        if not isinstance(state, dict) or state.get("owner") != self.owner or state.get("booked"):
+            return
+        plan = self.plans.by_id(str(state.get("deployment_id")))
+        if plan is None:
+            return
+        state["booked"] = True
+        state["last_failure"] = type(fact).__name__
+        try:
+            self.events.failed(plan, fact)
+            if cool:
+                await self._record(plan, fact)
+            reservation = _reservation(plan, state)
+            if reservation is not None:
+                await self.store.refund(reservation)
+        except Exception as err:
+            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, err)
+
+    async def record_completion(self, state: Mapping[str, Any], total_tokens: int) -> None:
+        """Book a stream the plugin ended itself after its finish chunk (no end of body: LiteLLM fires nothing)."""
+        if not isinstance(state, dict) or state.get("owner") != self.owner or state.get("booked"):
+            return
+        plan = self.plans.by_id(str(state.get("deployment_id")))
+        if plan is None:
+            return
+        state["booked"] = True  # a late LiteLLM event for this attempt is ignored
+        try:
+            reservation = _reservation(plan, state)
+            total = total_tokens if total_tokens > 0 else (reservation.tokens if reservation else 0)
+            self.events.succeeded(plan, total)
+            if reservation is not None:
+                await self.store.settle(reservation, total)
+            await close_circuit(self.store, plan)
+        except Exception as exc:
+            log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
 
     async def _record(self, plan: DeploymentPlan, fact: Fact) -> None:
         cd = self.settings.cooldowns
@@ -128,6 +190,34 @@ class QuotaCallbacks(CustomLogger):
         if not isinstance(state, dict) or state.get("owner") != self.owner:
             return {}, None
         return state, self.plans.by_id(str(state.get("deployment_id")))
+
+
+def _metadata_of(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    params = kwargs.get("litellm_params") or {}
+    metadata = params.get("metadata") or kwargs.get("metadata") or {}
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def _first_500(fact: Fact, plan: DeploymentPlan, metadata: Mapping[str, Any], attempt: int) -> bool:
+    """An HTTP 500 with no earlier failure of this deployment in this request: the strategy retries it once."""
+    if not (isinstance(fact, ServerError) and fact.status == 500):
+        return False
+    own = metadata.get(FAILED_KEY)
+    if isinstance(own, (list, tuple)):  # the plugin's record (async path), numbered by attempt
+        return not any(isinstance(e, Mapping) and str(e.get("deployment_id")) == plan.deployment_id
+                       and int(e.get("attempt") or 0) < attempt for e in own)
+    for entry in metadata.get("previous_models") or ():  # LiteLLM's breadcrumbs (sync path)
+        if isinstance(entry, Mapping) and str(entry.get("deployment_id")) == plan.deployment_id:
+            return False
+    return True
+
+
+def _in_stream(fact: Fact) -> Fact:
+    """A 429 inside a started stream names no pool unless it says so (providers.md §1.3 mid-stream example):
+    the model is busy, as ``providers.classify_stream_chunk`` has it — the account's minute is not spent."""
+    if isinstance(fact, Exhausted) and not fact.model_only and "free-models-per" not in fact.detail:
+        return ModelBusy(fact.detail)
+    return fact
 
 
 def _reservation(plan: DeploymentPlan, state: Mapping[str, Any]) -> Reservation | None:

@@ -321,3 +321,94 @@ def _number(
     if value < 0 or (positive and value == 0):
         raise ConfigError(where, prefix + name, f"must be {'positive' if positive else 'zero or more'}, got {value!r}")
     return value
+
+
+# ---- every problem at once (``router-plugin check``) ------------------------------------------------------------
+
+_NESTED_SECTIONS = ("openrouter", "limits", "cooldowns", "timeouts", "calibration", "metrics")
+
+
+def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[ConfigError]]:
+    """Every problem of a config instead of the first: ``(raw mapping or None, errors in file order)``.
+
+    The same checks as :func:`load_config` (which stays as it is), run on each key separately: a bad value
+    of one key never hides the next one. ``raw`` is None when the file cannot be read at all.
+    """
+    try:
+        load_config(source)
+    except ConfigError as exc:
+        if exc.key in ("(file)", "(yaml)", "(top level)"):
+            return None, [exc]
+    where = "<dict>" if isinstance(source, Mapping) else str(source)
+    raw = dict(source) if isinstance(source, Mapping) else (yaml.safe_load(Path(source).read_text()) or {})
+    errors: list[ConfigError] = []
+
+    def attempt(section: Mapping[str, Any]) -> bool:
+        try:
+            parse_settings(section, where)
+            return True
+        except ConfigError as exc:
+            if str(exc) not in {str(e) for e in errors}:
+                errors.append(exc)
+            return False
+
+    section = raw.get("router_plugin")
+    good: dict[str, Any] = {}
+    if section is not None and not isinstance(section, Mapping):
+        attempt(section)
+    elif section is not None:
+        for key, value in section.items():
+            if key in _NESTED_SECTIONS and isinstance(value, Mapping):
+                ok = True
+                for sub, sub_value in value.items():
+                    if key == "limits" and isinstance(sub_value, Mapping) and sub_value:
+                        ok &= all([attempt({key: {sub: {name: v}}}) for name, v in sub_value.items()])
+                    else:
+                        ok &= attempt({key: {sub: sub_value}})
+                if ok and attempt({key: value}):
+                    good[key] = value
+            elif attempt({key: value}):
+                good[key] = value
+    try:
+        settings = parse_settings(good, where)
+    except ConfigError:  # pragma: no cover - each key passed alone
+        settings = Settings()
+
+    model_list = raw.get("model_list")
+    if not isinstance(model_list, list) or not model_list:
+        try:
+            _parse_model_list(model_list, where, settings)
+        except ConfigError as exc:
+            errors.append(exc)
+        return raw, errors
+    for i, entry in enumerate(model_list):
+        errors.extend(_entry_problems(i, entry, where, settings))
+    return raw, errors
+
+
+def _entry_problems(i: int, entry: Any, where: str, settings: Settings) -> list[ConfigError]:
+    """All problems of one ``model_list`` entry: after each one, patch it over and look again."""
+    found: list[ConfigError] = []
+    entry = dict(entry) if isinstance(entry, Mapping) else entry
+    for _ in range(12):
+        try:
+            _parse_model_list([entry], where, settings)
+            return found
+        except ConfigError as exc:
+            key = exc.key.replace("model_list[0]", f"model_list[{i}]", 1)
+            found.append(ConfigError(exc.where, key, exc.problem, exc.fix))
+            if not isinstance(entry, dict):
+                return found
+            params = dict(entry.get("litellm_params") or {}) if isinstance(entry.get("litellm_params"), Mapping) else None
+            name = exc.key.rsplit(".", 1)[-1]
+            if exc.key.endswith(".model_name"):
+                entry["model_name"] = "?"
+            elif params is not None and ".litellm_params." in exc.key and name != "model" and name in params:
+                params[name] = "<unset>"  # an unset environment variable: reported, now look past it
+                entry["litellm_params"] = params
+            elif params is not None and name == "api_key":
+                params["api_key"] = "<unset>"
+                entry["litellm_params"] = params
+            else:  # the model itself is wrong: what follows depends on it
+                return found
+    return found

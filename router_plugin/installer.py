@@ -20,8 +20,9 @@ from .callbacks import QuotaCallbacks
 from .config import PluginConfig, Settings, load_config, parse_settings
 from .events import Events
 from .retry import install_retry_policy
-from .store import QuotaStore, SyncQuotaStore, resolve_target
+from .store import QuotaStore, SyncQuotaStore, open_stores, resolve_target
 from .strategy import QuotaRouting
+from .streams import install_stream_guard
 
 _ATTR = "_router_plugin"
 
@@ -59,9 +60,12 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
         return existing
     if not isinstance(settings, Settings):
         settings = parse_settings(settings, "<install settings>")
-    target = resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s)
-    store = QuotaStore(target, settings.key_prefix, arrival_margin_s=settings.arrival_margin_s)
-    sync_store = SyncQuotaStore(target, settings.key_prefix, arrival_margin_s=settings.arrival_margin_s)
+    target = resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s,
+                            cluster=settings.redis_cluster)
+    store, sync_store = open_stores(  # Redis faults: on_store_error (fail_open share / fail_closed), see store/resilient.py
+        target, settings.key_prefix, arrival_margin_s=settings.arrival_margin_s,
+        on_store_error=settings.on_store_error, expected_workers=settings.expected_workers,
+    )
     plans = PlanBook(settings.plan_inputs)
     owner = uuid.uuid4().hex[:12]
     events = Events()
@@ -73,8 +77,22 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
         plans.plan(deployment)
     _ensure_strategy(router, installed)
     install_retry_policy(router, chain_length=_longest_chain(router))
+    install_stream_guard(router, installed)  # time limits, budget, mid-stream failover (streams.py, timeouts.py)
     litellm.logging_callback_manager.add_litellm_callback(callbacks)
+    _add_operator_observers(router, installed)
     return installed
+
+
+def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:
+    """Opt-in from the settings: background calibration (starts lazily in the event loop) and metrics."""
+    if inst.settings.calibration.interval_s > 0:
+        from .calibration import Calibrator
+
+        inst.events.add(Calibrator(router, inst.settings.calibration.interval_s))
+    if inst.settings.metrics.enabled:
+        from . import metrics
+
+        metrics.enable(router, port=inst.settings.metrics.port)
 
 
 def installed(router: litellm.Router) -> Installed | None:

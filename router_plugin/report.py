@@ -1,82 +1,300 @@
 """Quota tables for humans and machines: what is left in each pool, when it resets, what is set aside.
 
-Shared by ``router-plugin demo`` and ``router-plugin status``; reads the store, never spends a request.
+Shared by ``router-plugin status``, ``router-plugin demo`` and the metrics collector. Reads the shared store
+(the same Redis keys every worker uses), never spends a request, and tells time by Redis ``TIME`` so every
+host agrees on "resets in 3h12m".
+
+``take_snapshot(store, deployments)`` -> :class:`Snapshot`; ``render_status(snapshot)`` is the text table,
+``snapshot.as_dict()`` the ``--json`` document. Its schema (``"schema": "router_plugin.status/1"``)::
+
+    {"schema": "router_plugin.status/1",
+     "now": 1787443150.123, "now_utc": "2026-08-23T00:19:10Z",       # Redis clock
+     "store": "redis://host:6379/0", "key_prefix": "rp:", "config": "configs/litellm_config.yaml" | null,
+     "pools": [{"id": "or:3fa9c1d2e4f5",                                # the pool's hash tag (a key fingerprint)
+                "label": "OpenRouter free pool (account 3fa9c1d2)", "provider": "openrouter" | "groq" | null,
+                "deployments": ["openrouter/deepseek/deepseek-r1:free", ...],
+                "limits": [{"counter": "day", "name": "requests/day", "unit": "requests" | "tokens",
+                            "window_s": 86400, "kind": "fixed" | "refill",
+                            "used": 45, "limit": 50, "remaining": 5,
+                            "resets_at": 1787443200.0 | null, "resets_at_utc": "...Z" | null,
+                            "resets_in_s": 49.9 | null,
+                            "state": "ok" | "exhausted" | "blocked", "reason": "exhausted (provider 429)" | null}]}],
+     "deployments": [{"group": "free-chat", "model": "openrouter/deepseek/deepseek-r1:free",
+                      "provider": "openrouter", "pool": "or:3fa9c1d2e4f5", "context_window": 163840 | null,
+                      "state": "ok" | "cooling" | "quarantined" | "unmetered",
+                      "reason": "quarantined: No endpoints found for ..." | null,
+                      "until": epoch s | null, "until_utc": "...Z" | null, "until_in_s": s | null,
+                      "strikes": 1}]}
+
+Fixed windows (OpenRouter minute / UTC day) reset at the window's end; refill buckets (Groq) "reset" when the
+bucket has drained to empty. ``resets_at`` is null when nothing is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from .limits import DeploymentPlan
-from .store import Blocked, Reservation, SyncQuotaStore
-from .strategy import human_duration
+from .limits import Counter, DeploymentPlan
+from .store import Reservation, SyncQuotaStore
 
-
-@dataclass(frozen=True)
-class Row:
-    pool: str
-    limit: str
-    used: int
-    capacity: int
-    resets_at: float | None
-    state: str  # "ok" | "exhausted" | "blocked: ..." | "model set aside: ..."
-
-    def as_dict(self) -> dict:
-        return {
-            "pool": self.pool, "limit": self.limit, "used": self.used, "capacity": self.capacity,
-            "remaining": max(0, self.capacity - self.used), "resets_at": self.resets_at, "state": self.state,
-        }
+SCHEMA = "router_plugin.status/1"
 
 
-def quota_rows(store: SyncQuotaStore, plans: Iterable[DeploymentPlan]) -> list[Row]:
-    """One row per counter of every distinct pool, plus one per model that is cooling down or quarantined."""
-    rows: list[Row] = []
-    seen_counters: set[tuple[str, str]] = set()
-    for plan in plans:
-        if not plan.metered:
-            continue
-        outcome = store.peek(plan)
-        if isinstance(outcome, Blocked) and outcome.counter is None:
-            rows.append(Row(plan.model, "model", 0, 0, outcome.until_ms / 1000, f"set aside: {outcome.why}"))
-            outcome = store.peek(plan, counters_only=True)  # the pool's counters are still worth showing
-        for counter in plan.counters:
-            if (plan.slot, counter.key) in seen_counters:
-                continue
-            seen_counters.add((plan.slot, counter.key))
-            rows.append(_row(plan, counter, outcome))
-    return rows
+# ---- time formatting ------------------------------------------------------------------------------------------
+
+def human_duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``3h12m`` (the same words the refusals use)."""
+    seconds = max(0, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{s:02d}s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m"
 
 
-def _row(plan: DeploymentPlan, counter, outcome) -> Row:
-    name = _LIMIT_NAMES.get(counter.limit.name, counter.limit.name)
-    cap = counter.limit.capacity
-    if isinstance(outcome, Reservation):
-        state = next((s for s in outcome.states if s.counter.key == counter.key), None)
-        left = state.remaining if state else cap
-        used = cap - left
-        return Row(plan.pool_label, name, used, cap, state.reset_ms / 1000 if state else None,
-                   "exhausted" if left <= 0 else "ok")
-    if outcome.counter is not None and outcome.counter.key == counter.key:
-        return Row(plan.pool_label, name, cap, cap, outcome.until_ms / 1000, f"blocked: {outcome.why}")
-    return Row(plan.pool_label, name, 0, cap, None, "unknown (another limit is blocked)")
+def utc_iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
+
+def when(ts: float | None, now: float) -> str:
+    """``00:20:00 (in 50s)``; the date is added when it is not today (UTC)."""
+    if ts is None or ts <= now:
+        return "-"
+    same_day = time.gmtime(ts)[:3] == time.gmtime(now)[:3]
+    at = time.strftime("%H:%M:%S" if same_day else "%m-%d %H:%M:%S", time.gmtime(ts))
+    return f"{at} (in {human_duration(ts - now)})"
+
+
+# ---- the snapshot ---------------------------------------------------------------------------------------------
 
 _LIMIT_NAMES = {"minute": "requests/min", "day": "requests/day", "rpm": "requests/min", "rpd": "requests/day",
                 "tpm": "tokens/min", "tpd": "tokens/day"}
 
 
-def render_rows(rows: list[Row], now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    table = [("pool / model", "limit", "used / limit", "resets (UTC)", "state")]
-    for r in rows:
-        resets = "-"
-        if r.resets_at and r.resets_at > now:
-            resets = f"{time.strftime('%H:%M:%S', time.gmtime(r.resets_at))} (in {human_duration(r.resets_at - now)})"
-        usage = f"{r.used} / {r.capacity}" if r.capacity else "-"
-        table.append((r.pool, r.limit, usage, resets, r.state))
-    return render_table(table)
+def limit_name(counter: Counter) -> str:
+    name = _LIMIT_NAMES.get(counter.limit.name, counter.limit.name)
+    if counter.key.startswith("m:"):  # a model-level limit inside the OpenRouter account pool
+        model = counter.key[2:].rsplit(":", 1)[0]
+        return f"{name} ({model})"
+    return name
+
+
+@dataclass(frozen=True)
+class LimitStatus:
+    counter: str
+    name: str
+    unit: str
+    window_s: int
+    kind: str
+    used: int
+    limit: int
+    resets_at: float | None
+    state: str  # ok | exhausted | blocked
+    reason: str | None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "counter": self.counter, "name": self.name, "unit": self.unit, "window_s": self.window_s,
+            "kind": self.kind, "used": self.used, "limit": self.limit, "remaining": self.remaining,
+            "resets_at": self.resets_at, "resets_at_utc": utc_iso(self.resets_at),
+            "resets_in_s": round(self.resets_at - now, 3) if self.resets_at is not None else None,
+            "state": self.state, "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    id: str
+    label: str
+    provider: str | None
+    deployments: tuple[str, ...]
+    limits: tuple[LimitStatus, ...]
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "provider": self.provider, "deployments": list(self.deployments),
+                "limits": [lim.as_dict(now) for lim in self.limits]}
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    group: str
+    model: str
+    provider: str | None
+    pool: str  # PoolStatus.id, "" when unmetered
+    pool_label: str
+    context_window: int | None
+    state: str  # ok | cooling | quarantined | unmetered
+    reason: str | None
+    until: float | None
+    strikes: int
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "group": self.group, "model": self.model, "provider": self.provider, "pool": self.pool,
+            "context_window": self.context_window, "state": self.state, "reason": self.reason,
+            "until": self.until, "until_utc": utc_iso(self.until),
+            "until_in_s": round(self.until - now, 3) if self.until is not None else None, "strikes": self.strikes,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float  # Redis TIME, epoch seconds
+    store: str
+    key_prefix: str
+    pools: tuple[PoolStatus, ...]
+    deployments: tuple[DeploymentStatus, ...]
+    config: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "now": self.now, "now_utc": utc_iso(self.now), "store": self.store,
+            "key_prefix": self.key_prefix, "config": self.config,
+            "pools": [p.as_dict(self.now) for p in self.pools],
+            "deployments": [d.as_dict(self.now) for d in self.deployments],
+        }
+
+    def pool(self, label_or_id: str) -> PoolStatus | None:
+        return next((p for p in self.pools if label_or_id in (p.id, p.label)), None)
+
+    def deployment(self, model: str) -> DeploymentStatus | None:
+        return next((d for d in self.deployments if d.model == model), None)
+
+
+def store_target(settings):
+    """The StoreTarget the workers of ``settings`` use (Redis Cluster included where this version supports it)."""
+    from .store import resolve_target
+
+    try:
+        return resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s,
+                              cluster=getattr(settings, "redis_cluster", False))
+    except TypeError:  # a store module without cluster support
+        return resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s)
+
+
+def open_store(settings) -> SyncQuotaStore:
+    """A plain (no fail-open) sync store on the workers' Redis: operators want to see Redis errors."""
+    return SyncQuotaStore(store_target(settings), settings.key_prefix, arrival_margin_s=settings.arrival_margin_s)
+
+
+def redis_now(store: SyncQuotaStore) -> float:
+    seconds, micros = store.client.time()
+    return int(seconds) + int(micros) / 1e6
+
+
+def counter_status(store: SyncQuotaStore, plan: DeploymentPlan, counter: Counter) -> tuple[LimitStatus, float]:
+    """One counter as every worker sees it (the reserve script in dry-run mode); also returns Redis' now."""
+    single = dataclasses.replace(plan, counters=(counter,))
+    outcome = store.peek(single, counters_only=True)
+    limit = counter.limit
+    base = dict(counter=counter.key, name=limit_name(counter), unit=limit.unit, window_s=limit.window_s,
+                kind=limit.kind, limit=limit.capacity)
+    now = outcome.now_ms / 1000
+    if isinstance(outcome, Reservation):
+        state = outcome.states[0]
+        left = max(0, state.remaining)
+        used = limit.capacity - left
+        resets = state.reset_ms / 1000 if used > 0 and state.reset_ms / 1000 > now else None
+        if used > 0 and resets is None and limit.kind == "refill":
+            # the bucket has drained, but refill is credited only after the arrival margin: still counted
+            resets = now + used * limit.window_s / limit.capacity
+        return LimitStatus(used=used, resets_at=resets, state="exhausted" if left <= 0 else "ok", reason=None,
+                           **base), now
+    # Blocked with cost 0: either full (a spill into this window) or held by a provider's 429 / a 402.
+    full = outcome.why == "full"
+    return LimitStatus(used=limit.capacity, resets_at=outcome.until_ms / 1000 if outcome.until_ms > 0 else None,
+                       state="exhausted" if full else "blocked", reason=None if full else outcome.why, **base), now
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def deployment_status(store: SyncQuotaStore, plan: DeploymentPlan, now: float) -> DeploymentStatus:
+    base = dict(group=plan.model_name, model=plan.model, provider=plan.provider, pool=plan.slot,
+                pool_label=plan.pool_label if plan.metered else "", context_window=plan.context_window)
+    if not plan.metered:
+        return DeploymentStatus(state="unmetered", reason=None, until=None, strikes=0, **base)
+    until_raw, why, strikes = store.client.hmget(store.keys.model(plan), "until", "why", "strikes")
+    until = float(_text(until_raw)) / 1000 if until_raw is not None else None
+    strikes_n = int(float(_text(strikes))) if strikes is not None else 0
+    if until is None or until <= now:
+        return DeploymentStatus(state="ok", reason=None, until=None, strikes=strikes_n, **base)
+    reason = _text(why) or "cooling down"
+    state = "quarantined" if reason.startswith("quarantined") else "cooling"
+    return DeploymentStatus(state=state, reason=reason, until=until, strikes=strikes_n, **base)
+
+
+def take_snapshot(store: SyncQuotaStore, plans: Iterable[DeploymentPlan], config: str | None = None) -> Snapshot:
+    """Every distinct pool's counters and every deployment's cooldown, read from the shared store."""
+    plans = list(plans)
+    now = redis_now(store)
+    pools: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        if not plan.metered:
+            continue
+        pool = pools.setdefault(plan.slot, {"plan": plan, "deployments": [], "counters": {}})
+        if plan.model not in pool["deployments"]:
+            pool["deployments"].append(plan.model)
+        for counter in plan.counters:
+            if counter.key not in pool["counters"]:
+                pool["counters"][counter.key] = (plan, counter)
+    pool_rows = []
+    for slot, pool in pools.items():
+        limits = []
+        for plan, counter in pool["counters"].values():
+            status, now = counter_status(store, plan, counter)
+            limits.append(status)
+        first: DeploymentPlan = pool["plan"]
+        pool_rows.append(PoolStatus(slot, first.pool_label, first.provider, tuple(pool["deployments"]), tuple(limits)))
+    deployments = tuple(deployment_status(store, plan, now) for plan in plans)
+    return Snapshot(now, store.target.describe(), store.keys.prefix, tuple(pool_rows), deployments, config)
+
+
+# ---- text -----------------------------------------------------------------------------------------------------
+
+def _clip(text: str | None, width: int = 90) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_status(snap: Snapshot, title: str | None = None) -> str:
+    """Two tables: every pool's limits (used / limit, left, reset), then every deployment's state."""
+    now = snap.now
+    head = title or "router_plugin status"
+    clock = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    lines = [f"{head}   store {snap.store} (prefix {snap.key_prefix})   {clock} (Redis clock)", ""]
+    table: list[tuple] = [("pool / limit", "used / limit", "left", "resets (UTC)", "state")]
+    for pool in snap.pools:
+        table.append((pool.label, "", "", "", ""))
+        for lim in pool.limits:
+            state = lim.state if not lim.reason else f"{lim.state}: {_clip(lim.reason, 60)}"
+            table.append((f"  {lim.name}", f"{lim.used} / {lim.limit}", lim.remaining, when(lim.resets_at, now), state))
+    if len(table) > 1:
+        lines.append(render_table(table))
+    else:
+        lines.append("(no metered deployments)")
+    lines.append("")
+    dep_table: list[tuple] = [("deployment", "group", "state", "until (UTC)", "reason")]
+    for d in snap.deployments:
+        dep_table.append((d.model, d.group, d.state, when(d.until, now), _clip(d.reason)))
+    lines.append(render_table(dep_table))
+    return "\n".join(lines)
 
 
 def render_table(table: list[tuple]) -> str:
@@ -87,3 +305,45 @@ def render_table(table: list[tuple]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ---- the earlier flat rows (kept for callers of quota_rows / render_rows) --------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    pool: str
+    limit: str
+    used: int
+    capacity: int
+    resets_at: float | None
+    state: str  # "ok" | "exhausted" | "blocked: ..." | "set aside: ..."
+
+    def as_dict(self) -> dict:
+        return {
+            "pool": self.pool, "limit": self.limit, "used": self.used, "capacity": self.capacity,
+            "remaining": max(0, self.capacity - self.used), "resets_at": self.resets_at, "state": self.state,
+        }
+
+
+def rows_of(snap: Snapshot) -> list[Row]:
+    rows = [Row(d.model, "model", 0, 0, d.until, f"set aside: {d.reason}")
+            for d in snap.deployments if d.state in ("cooling", "quarantined")]
+    for pool in snap.pools:
+        for lim in pool.limits:
+            state = lim.state if not lim.reason else f"{lim.state}: {lim.reason}"
+            rows.append(Row(pool.label, lim.name, lim.used, lim.limit, lim.resets_at, state))
+    return rows
+
+
+def quota_rows(store: SyncQuotaStore, plans: Iterable[DeploymentPlan]) -> list[Row]:
+    """Flat rows: one per model set aside, one per counter of every distinct pool."""
+    return rows_of(take_snapshot(store, plans))
+
+
+def render_rows(rows: list[Row], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    table = [("pool / model", "limit", "used / limit", "resets (UTC)", "state")]
+    for r in rows:
+        usage = f"{r.used} / {r.capacity}" if r.capacity else "-"
+        table.append((r.pool, r.limit, usage, when(r.resets_at, now), r.state))
+    return render_table(table)

@@ -9,8 +9,15 @@ the next deployment could serve it, and a 429 on a one-deployment group sleeps o
 * move on to the next deployment after failures that belong to the deployment (model gone, credits, busy,
   server errors, context too small, request too large for its TPM), while other deployments remain;
 * never retry a refusal by the plugin itself, a failure of its store, or a request the provider rejected as malformed (400/401/403
-  that are not about the model): the next deployment would reject it too;
-* allow enough retries to walk the longest chain once.
+  that are not about the model, content policy included: the provider's reason reaches the caller as is): the next
+  deployment would reject it too;
+* never retry once the call's time budget is spent (``BudgetExceededError``) or every deployment has failed for
+  this request (``ChainFailedError``);
+* allow enough retries to walk the longest chain with one same-deployment retry each: which deployment an attempt
+  may use is the strategy's decision (strategy.py: HTTP 500 once -> one retry on the same deployment; 429 -> the
+  next deployment, or a short Retry-After waited out when nothing else can serve; 400 context length -> a
+  deployment with a larger window; anything else -> the next deployment), so the attempts stay bounded by
+  2 x the chain whatever the errors.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from typing import Any
 from . import providers
 from .errors import RouterPluginError
 from .providers.facts import Rejected
-from .strategy import QuotaExhaustedError
+from .strategy import ChainFailedError, QuotaExhaustedError
+from .timeouts import BudgetExceededError
 
 _MARK = "_router_plugin_retry_policy"
 
@@ -34,8 +42,8 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
 
     def should_retry_this_error(self, error: Exception, healthy_deployments=None, all_deployments=None,
                                 context_window_fallbacks=None, content_policy_fallbacks=None, regular_fallbacks=None):
-        if isinstance(error, (QuotaExhaustedError, RouterPluginError)):
-            raise error  # the plugin's own refusal or a store/config failure: retrying cannot help
+        if isinstance(error, (QuotaExhaustedError, ChainFailedError, BudgetExceededError, RouterPluginError)):
+            raise error  # the plugin's own refusal, a spent budget or a store/config failure: retrying cannot help
         fact = providers.classify_exception(_provider_of(error), error, time.time())
         if isinstance(fact, Rejected):
             raise error
@@ -53,7 +61,7 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
 
     router.should_retry_this_error = types.MethodType(should_retry_this_error, router)
     router._time_to_sleep_before_retry = types.MethodType(time_to_sleep_before_retry, router)
-    router.num_retries = max(router.num_retries or 0, chain_length - 1)
+    router.num_retries = max(router.num_retries or 0, 2 * chain_length)
     setattr(router, _MARK, True)
 
 

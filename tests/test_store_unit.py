@@ -234,3 +234,45 @@ def test_margin_counts_end_of_window_reservations_in_the_next_window(margin_stor
     assert granted(take(margin_store, p, 20)) == 15  # 20 - the 5 that may have landed here
     clock.now = 1795780925.0  # two minutes on: nothing carried over
     assert granted(take(margin_store, p, 20)) == 20
+
+
+# ---- where the store lives: clients built for a store that may be down (connect.py) ------------------------------
+
+
+def test_clients_time_out_at_the_setting_and_never_sleep_to_retry():
+    from redis.backoff import NoBackoff
+
+    from router_plugin.store import resolve_target
+
+    target = resolve_target("redis://127.0.0.1:1/0", None, 0.25)
+    for client in (target.sync_client(), target.async_client()):
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.25 and kwargs["socket_connect_timeout"] == 0.25
+        # redis-py's default is 10 retries with backoff: a dead Redis would hold a request for seconds.
+        assert kwargs["retry"].get_retries() <= 1 and isinstance(kwargs["retry"]._backoff, NoBackoff)
+
+
+def test_redis_cluster_setting_builds_cluster_clients_lazily():
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    from router_plugin.store import resolve_target
+
+    target = resolve_target("redis://127.0.0.1:1", None, 0.25, cluster=True)
+    assert target.cluster and target.describe() == "redis://127.0.0.1:1 (cluster)"
+    assert isinstance(target.async_client(), AsyncCluster)  # no connection until the first command
+    store = SyncQuotaStore(target)  # nor here: the sync cluster client is built on first use
+    with pytest.raises(Exception, match="quota store redis://127.0.0.1:1 \\(cluster\\) failed to reserve"):
+        store.reserve(plan(OR_A), 1)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://user:s3cret@h/0", "redis://user:***@h/0"),
+    ("rediss://h:6380/0?password=s3cret&ssl_ca_certs=/ca.pem", "rediss://h:6380/0?password=***&ssl_ca_certs=/ca.pem"),
+    ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_the_store_is_named_without_its_password(url, shown):
+    from router_plugin.store import resolve_target
+
+    assert resolve_target(url, None, 0.5).describe() == shown

@@ -8,8 +8,9 @@ Schema (all optional)::
                                                       "balance_negative": bool, "used_today": int}}},
      "groq": {"limits": {"<model id>": {"rpm": int, "rpd": int, "tpm": int, "tpd": int}}},
      "models": {"<model id>": {"gone": bool, "busy": bool, "status": int, "status_count": int, "latency_ms": num,
-                               "error_200": bool | int, "stream_fault": "cut|stall|error_chunk|malformed|no_done",
-                               "stall_s": num}},
+                               "error_200": bool | int,
+                               "stream_fault": "cut|stall|stall_first|truncate|error_chunk|malformed|no_done",
+                               "stall_s": num, "reject_prefill": bool}},
      "latency_ms": num}
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 __all__ = ["ConfigError", "validate_patch", "merge", "STREAM_FAULTS"]
 
-STREAM_FAULTS = ("cut", "stall", "error_chunk", "malformed", "no_done")
+STREAM_FAULTS = ("cut", "stall", "stall_first", "truncate", "error_chunk", "malformed", "no_done")
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ _ACCOUNT = {"daily_limit": _int(0), "minute_limit": _int(0), "funded": _bool, "b
             "used_today": _int(0)}
 _GROQ_LIMITS = {"rpm": _int(1), "rpd": _int(1), "tpm": _int(1), "tpd": _int(1)}
 _MODEL = {"gone": _bool, "busy": _bool, "status": _int(400, 599), "status_count": _int(0), "latency_ms": _num(0),
-          "error_200": _bool_or_status, "stream_fault": _fault, "stall_s": _num(0)}
+          "error_200": _bool_or_status, "stream_fault": _fault, "stall_s": _num(0), "reject_prefill": _bool}
 SCHEMA: dict = {"openrouter": {"accounts": _MapOf(_ACCOUNT)}, "groq": {"limits": _MapOf(_GROQ_LIMITS)},
                 "models": _MapOf(_MODEL), "latency_ms": _num(0)}
 

@@ -144,6 +144,9 @@ class _Handler:
         sw = self.state.switches(model)
         if meta is None or sw.gone:
             return fail(404, not_found_body(model), "gone" if meta else "unknown_model")
+        if sw.reject_prefill and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+            return fail(400, _error("assistant message prefill is not supported for this model",
+                                    "invalid_request_error", param="messages"), "prefill")
         prompt, max_tokens = prompt_tokens(messages), max_tokens_of(body)
         if max_tokens is not None and max_tokens > meta.max_completion_tokens:
             return fail(400, _error(

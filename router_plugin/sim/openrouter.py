@@ -178,6 +178,10 @@ class _Handler:
             return fail(404, _error(404, f"No endpoints found for {model}.", h), "gone")
         if sw.busy:
             return fail(429, upstream_busy(served, h), "busy")
+        if sw.reject_prefill and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+            return fail(400, _error(400, "Provider returned error", h, {
+                "raw": "assistant message prefill is not supported by this model", "provider_name": served.provider}),
+                "prefill")
         status = self.state.take_status(model)
         if status is not None:
             return fail(status, forced_status(status, served, h), "status")

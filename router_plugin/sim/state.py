@@ -56,6 +56,7 @@ class ModelSwitches:
     stream_fault: str | None = None
     stall_s: float = 30.0
     latency_s: float = 0.0
+    reject_prefill: bool = False  # 400 when the last message is the assistant's (no continuation support)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class SimState:
                 gone=bool(m.get("gone")), busy=bool(m.get("busy")), status=m.get("status"),
                 error_200=None if err in (None, False) else (502 if err is True else int(err)),
                 stream_fault=m.get("stream_fault"), stall_s=float(m.get("stall_s", 30.0)),
-                latency_s=float(latency_ms) / 1000.0)
+                latency_s=float(latency_ms) / 1000.0, reject_prefill=bool(m.get("reject_prefill")))
 
     def take_status(self, model: str) -> int | None:
         """The forced status for this attempt, counting down ``status_count`` (absent = every time)."""

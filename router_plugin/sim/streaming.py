@@ -6,6 +6,10 @@ the same for both providers:
 
 * ``cut`` — some content events, then the TCP connection is closed mid-body (no finish chunk, no ``[DONE]``).
 * ``stall`` — some content events, then silence for ``stall_s`` seconds, then the connection is closed.
+* ``stall_first`` — headers (and OpenRouter's keep-alive comment), then silence for ``stall_s`` seconds before any
+  content event, then the connection is closed (a slow start: no first token).
+* ``truncate`` — some content events, then the body ends cleanly (terminating chunk sent) with no finish chunk,
+  no usage and no ``[DONE]``: a mid-answer end that looks orderly on the wire.
 * ``error_chunk`` — some content events, then the provider's mid-stream error event (OpenRouter: §1.3
   ``finish_reason: "error"`` chunk), then the body ends cleanly without ``[DONE]``.
 * ``malformed`` — one ``data: {not json`` event in the middle; everything else sound, with ``[DONE]``.
@@ -44,10 +48,17 @@ async def send_stream(request: web.Request, plan: StreamPlan, fault: str | None 
     await resp.prepare(request)
     for comment in plan.prelude:
         await resp.write(f": {comment}\n\n".encode())
+    if fault == "stall_first":
+        await asyncio.sleep(stall_s)
+        _cut(request)
+        return resp
     half = max(1, len(plan.content) // 2)
-    if fault in ("cut", "stall", "error_chunk"):
+    if fault in ("cut", "stall", "error_chunk", "truncate"):
         for chunk in plan.content[:half]:
             await resp.write(_data(chunk))
+        if fault == "truncate":
+            await resp.write_eof()
+            return resp
         if fault == "error_chunk":
             await resp.write(_data(plan.error_event))
             await resp.write_eof()

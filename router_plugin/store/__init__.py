@@ -2,6 +2,8 @@
 
 ``QuotaStore`` (asyncio, the request path) and ``SyncQuotaStore`` (CLI, sync callers) are thin: the keys, the
 script arguments and the replies live in ``_codec``; the atomic logic lives in the ``.lua`` files beside it.
+``open_stores`` gives both wrapped for Redis faults (``resilient.py``: fail_open to a per-process share held by
+``local.py``, an in-process twin of the scripts, or fail_closed).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ __all__ = [
     "Reservation",
     "StoreTarget",
     "SyncQuotaStore",
+    "open_stores",
     "resolve_target",
 ]
 
 log = logging.getLogger("router_plugin.store")
+
+# What a store call can fail with when Redis is down, slow or half-configured (a cluster that lost a node).
+STORE_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 class _Base:
@@ -42,7 +48,7 @@ class _Base:
 
     def _error(self, action: str, exc: BaseException) -> StoreError:
         return StoreError(
-            f"quota store {self.target.describe()} failed to {action}: {type(exc).__name__}: {exc}. "
+            f"quota store {self.target.describe()} failed to {action}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
             f"Check that Redis is running and reachable, or set router_plugin.redis_url."
         )
 
@@ -81,7 +87,7 @@ class QuotaStore(_Base):
             reply = await self._scripts["reserve"](
                 keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
             )
-        except redis.RedisError as exc:
+        except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
         return _codec.parse_reserve(plan, tokens, reply)
 
@@ -115,13 +121,13 @@ class QuotaStore(_Base):
             await self._scripts["adjust"](
                 keys=[self.keys.counter(plan, op[0]) for op in ops], args=_codec.adjust_args(ops)
             )
-        except redis.RedisError as exc:
+        except STORE_FAILURES as exc:
             raise self._error("adjust counters", exc) from exc
 
     async def _mark(self, key: str, args: list) -> tuple[int, int]:
         try:
             reply = await self._scripts["mark"](keys=[key], args=args)
-        except redis.RedisError as exc:
+        except STORE_FAILURES as exc:
             raise self._error("record a block", exc) from exc
         return int(reply[0]), int(reply[1])
 
@@ -136,8 +142,22 @@ class SyncQuotaStore(_Base):
 
     def __init__(self, target: StoreTarget, prefix: str = "rp:", client: Any = None, arrival_margin_s: float = 2.0):
         super().__init__(target, prefix, arrival_margin_s)
-        self.client = client if client is not None else target.sync_client()
-        self._scripts = {name: self.client.register_script(src) for name, src in _codec.SCRIPTS.items()}
+        self._client = client
+        self._registered: dict | None = None
+
+    @property
+    def client(self) -> Any:
+        """Made on first use: a cluster client asks the nodes for the slot map when it is built."""
+        if self._client is None:
+            self._client = self.target.sync_client()
+        return self._client
+
+    @property
+    def _scripts(self) -> dict:
+        if self._registered is None:
+            client = self.client
+            self._registered = {name: client.register_script(src) for name, src in _codec.SCRIPTS.items()}
+        return self._registered
 
     def reserve(
         self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
@@ -146,7 +166,7 @@ class SyncQuotaStore(_Base):
             reply = self._scripts["reserve"](
                 keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
             )
-        except redis.RedisError as exc:
+        except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
         return _codec.parse_reserve(plan, tokens, reply)
 
@@ -176,15 +196,25 @@ class SyncQuotaStore(_Base):
             return
         try:
             self._scripts["adjust"](keys=[self.keys.counter(plan, op[0]) for op in ops], args=_codec.adjust_args(ops))
-        except redis.RedisError as exc:
+        except STORE_FAILURES as exc:
             raise self._error("adjust counters", exc) from exc
 
     def _mark(self, key: str, args: list) -> tuple[int, int]:
         try:
             reply = self._scripts["mark"](keys=[key], args=args)
-        except redis.RedisError as exc:
+        except STORE_FAILURES as exc:
             raise self._error("record a block", exc) from exc
         return int(reply[0]), int(reply[1])
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+
+
+def open_stores(target: StoreTarget, prefix: str = "rp:", *, arrival_margin_s: float = 2.0,
+                on_store_error: str = "fail_open", expected_workers: int = 4):
+    """The async and sync stores of one router, sharing one fault policy (see ``resilient.py``)."""
+    from .resilient import open_resilient
+
+    return open_resilient(target, prefix, arrival_margin_s=arrival_margin_s, on_store_error=on_store_error,
+                          expected_workers=expected_workers)

@@ -6,6 +6,8 @@
 --             op "+" : add value (may be negative: a refund or an over-estimate settled); for a fixed window only
 --                      when the counter is still in window_index (the window the reservation was made in)
 --             op ">" : raise used to at least value (calibration: the provider saw more use than we counted)
+-- A fixed window entered here carries the previous window's spill into used (see reserve.lua); a refill bucket
+-- has no spill (always 0).
 -- Reply: {now_ms}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -15,12 +17,13 @@ for i = 1, n do
   local kind, cap, win = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   local op, value, wanted = ARGV[base + 3], tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
   local key = KEYS[i]
-  local h = redis.call('HMGET', key, 'at', 'used')
-  local at, used = tonumber(h[1]), tonumber(h[2]) or 0
+  local h = redis.call('HMGET', key, 'at', 'used', 'spill')
+  local at, used, spill = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
   local new_at, new_used, keep_until = nil, nil, nil
   if kind == 'f' then
     local w = math.floor(now / win)
-    if at ~= w then used = 0 end
+    -- entering a new window: carry the previous window's spill, as reserve.lua does
+    if at == w - 1 then used, spill = spill, 0 elseif at ~= w then used, spill = 0, 0 end
     if op == '+' then
       if wanted == w then new_used = used + value end
     elseif value > used then
@@ -37,7 +40,8 @@ for i = 1, n do
   end
   if new_used ~= nil then
     if new_used < 0 then new_used = 0 end
-    redis.call('HSET', key, 'at', string.format('%.17g', new_at), 'used', string.format('%.17g', new_used))
+    redis.call('HSET', key, 'at', string.format('%.17g', new_at), 'used', string.format('%.17g', new_used),
+               'spill', string.format('%.17g', spill))
     local ttl = redis.call('PTTL', key)
     if ttl < 0 or now + ttl < keep_until then redis.call('PEXPIREAT', key, keep_until) end
   end

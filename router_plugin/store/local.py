@@ -1,0 +1,348 @@
+"""An in-process twin of the quota scripts: the same semantics as ``reserve.lua`` / ``adjust.lua`` / ``mark.lua``,
+in Python, over a dict. No Redis, no dependency.
+
+It is the per-process limiter that ``on_store_error: fail_open`` falls back to while Redis is unreachable (see
+``resilient.py``): the resilient store hands it plans whose capacities are this worker's share. Each ``_script_*``
+function is a line-by-line transcription of its ``.lua`` file, taking the same KEYS / ARGV and giving the same
+reply; ``tests/test_races.py`` checks that they agree with the Lua scripts on random operation sequences.
+
+Time is ``clock_ms()`` (the resilient store passes Redis TIME carried forward on the monotonic clock, so windows
+stay aligned with the shared ones during an outage); keys expire like Redis keys (PEXPIREAT), lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..limits import Counter, DeploymentPlan
+from ..providers.facts import Remaining
+from . import _codec
+from ._codec import Blocked, KeySpace, Reservation
+
+Reply = list
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _num(value: Any) -> float | int | None:
+    """Lua ``tonumber``: numbers pass, numeric strings convert, anything else is nil."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _reply(items: Iterable[Any]) -> Reply:
+    """A Lua table as Redis returns it: numbers truncated to integers, strings kept."""
+    return [int(x) if isinstance(x, (int, float)) else x for x in items]
+
+
+class _Hashes:
+    """Redis hashes with PEXPIREAT, expired lazily against the caller's clock (``now > at`` = gone, as Redis)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.expire_at: dict[str, int] = {}
+        self._writes = 0
+
+    def _alive(self, key: str, now: int) -> bool:
+        at = self.expire_at.get(key)
+        if at is not None and now > at:
+            self.data.pop(key, None)
+            self.expire_at.pop(key, None)
+        return key in self.data
+
+    def hmget(self, key: str, now: int, *fields: str) -> list:
+        if not self._alive(key, now):
+            return [None] * len(fields)
+        h = self.data[key]
+        return [h.get(f) for f in fields]
+
+    def hset(self, key: str, now: int, **values: Any) -> None:
+        self._alive(key, now)
+        self.data.setdefault(key, {}).update(values)
+        self._writes += 1
+        if self._writes % 1024 == 0:
+            self.sweep(now)
+
+    def pttl(self, key: str, now: int) -> int:
+        if not self._alive(key, now):
+            return -2
+        at = self.expire_at.get(key)
+        return -1 if at is None else at - now
+
+    def pexpireat(self, key: str, at: float) -> None:
+        if key in self.data:
+            self.expire_at[key] = int(at)
+
+    def sweep(self, now: int) -> None:
+        for key in [k for k, at in self.expire_at.items() if now > at]:
+            self.data.pop(key, None)
+            self.expire_at.pop(key, None)
+
+
+# ---- the scripts, transcribed (keep in step with the .lua files) ----------------------------------------------
+
+
+def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
+    """reserve.lua. ``argv`` is 0-based here: ARGV[k] is ``argv[k - 1]``."""
+    ARGV = [None, *argv]  # noqa: N806  (1-based, as in the script)
+    dry = _str(ARGV[2]) != "0"
+    margin = _num(ARGV[3])
+
+    if _str(ARGV[2]) != "2":
+        cool_until_raw, cool_why = db.hmget(keys[0], now, "until", "why")
+        cool_until = _num(cool_until_raw)
+        if cool_until is not None and cool_until > now:
+            return _reply([0, now, 0, cool_until, cool_why if cool_why is not None else "cooling down"])
+
+    n = int(_num(ARGV[1]))
+    writes: dict[int, tuple] = {}
+    reply: list = [1, now]
+    blocked_i, blocked_until, blocked_why = None, 0, ""
+
+    for i in range(1, n + 1):
+        base = 4 + (i - 1) * 4
+        kind, cap, win, cost = _str(ARGV[base]), _num(ARGV[base + 1]), _num(ARGV[base + 2]), _num(ARGV[base + 3])
+        h = db.hmget(keys[i], now, "at", "used", "spill", "until", "why")
+        at = _num(h[0])
+        used = _num(h[1]) if _num(h[1]) is not None else 0
+        spill = _num(h[2]) if _num(h[2]) is not None else 0
+        held = _num(h[3])
+        until_ms, why = None, None
+        if kind == "f":
+            w = math.floor(now / win)
+            if at == w - 1:
+                used, spill = spill, 0
+            elif at != w:
+                used, spill = 0, 0
+            reset = (w + 1) * win
+            if used + cost > cap:
+                until_ms, why = reset, "full"
+            if reset - now < margin:
+                spill = spill + cost
+            writes[i] = (w, used + cost, spill, reset)
+            left = cap - used - cost
+        else:
+            level, checked = 0, 0
+            if at is not None:
+                elapsed = now - at
+                level = used - elapsed * cap / win
+                if level < 0:
+                    level = 0
+                credited = elapsed - margin
+                if credited < 0:
+                    credited = 0
+                checked = used - credited * cap / win
+                if checked < 0:
+                    checked = 0
+            if cost > cap:
+                until_ms, why = -1, "too large"
+            elif checked + cost > cap:
+                until_ms, why = at + margin + math.ceil((used + cost - cap) * win / cap), "full"
+                if until_ms <= now:
+                    until_ms = now + 1
+            reset = now + math.ceil((level + cost) * win / cap)
+            writes[i] = (now, level + cost, 0, now + win)
+            left = cap - checked - cost
+        if held is not None and held > now and until_ms != -1 and (until_ms is None or held > until_ms):
+            until_ms, why = held, (h[4] if h[4] is not None else "exhausted")
+        if until_ms is not None:
+            if until_ms == -1:
+                return _reply([0, now, i, -1, "request larger than the whole limit"])
+            if until_ms > blocked_until:
+                blocked_i, blocked_until, blocked_why = i, until_ms, why
+        if left < 0:
+            left = 0
+        reply.append(math.floor(left))
+        reply.append(reset)
+
+    if blocked_i is not None:
+        return _reply([0, now, blocked_i, blocked_until, blocked_why])
+    if not dry:
+        for i in range(1, n + 1):
+            key, wr = keys[i], writes[i]
+            db.hset(key, now, at=wr[0], used=wr[1], spill=wr[2])
+            ttl = db.pttl(key, now)
+            keep_until = wr[3]
+            if wr[2] > 0:
+                keep_until = keep_until + _num(ARGV[4 + (i - 1) * 4 + 2])
+            keep_until = keep_until + 1000
+            if ttl < 0 or now + ttl < keep_until:
+                db.pexpireat(key, keep_until)
+    return _reply(reply)
+
+
+def script_adjust(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
+    """adjust.lua."""
+    ARGV = [None, *argv]  # noqa: N806
+    n = int(_num(ARGV[1]))
+    for i in range(1, n + 1):
+        base = 2 + (i - 1) * 6
+        kind, cap, win = _str(ARGV[base]), _num(ARGV[base + 1]), _num(ARGV[base + 2])
+        op, value, wanted = _str(ARGV[base + 3]), _num(ARGV[base + 4]), _num(ARGV[base + 5])
+        key = keys[i - 1]
+        h = db.hmget(key, now, "at", "used", "spill")
+        at = _num(h[0])
+        used = _num(h[1]) if _num(h[1]) is not None else 0
+        spill = _num(h[2]) if _num(h[2]) is not None else 0
+        new_used = None
+        if kind == "f":
+            w = math.floor(now / win)
+            if at == w - 1:
+                used, spill = spill, 0
+            elif at != w:
+                used, spill = 0, 0
+            if op == "+":
+                if wanted == w:
+                    new_used = used + value
+            elif value > used:
+                new_used = value
+            new_at, keep_until = w, (w + 1) * win + 1000
+        else:
+            if at is not None:
+                used = used - (now - at) * cap / win
+                if used < 0:
+                    used = 0
+            if op == "+":
+                new_used = used + value
+            elif value > used:
+                new_used = value
+            new_at, keep_until = now, now + win + 1000
+        if new_used is not None:
+            if new_used < 0:
+                new_used = 0
+            db.hset(key, now, at=new_at, used=new_used, spill=spill)
+            ttl = db.pttl(key, now)
+            if ttl < 0 or now + ttl < keep_until:
+                db.pexpireat(key, keep_until)
+    return _reply([now])
+
+
+def script_mark(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
+    """mark.lua."""
+    ARGV = [None, *argv]  # noqa: N806
+    old_until_raw, strikes_raw = db.hmget(keys[0], now, "until", "strikes")
+    old_until = _num(old_until_raw) if _num(old_until_raw) is not None else 0
+    strikes = _num(strikes_raw) if _num(strikes_raw) is not None else 0
+    until_ms = _num(ARGV[1])
+    if until_ms is None or until_ms <= 0:
+        dur = _num(ARGV[2])
+        if _str(ARGV[3]) == "1":
+            dur = dur * (2 ** strikes)
+            if dur > _num(ARGV[4]):
+                dur = _num(ARGV[4])
+        until_ms = now + dur
+    strikes = strikes + 1
+    if old_until > until_ms:
+        until_ms = old_until
+    else:
+        db.hset(keys[0], now, until=until_ms, why=_str(ARGV[5]))
+    db.hset(keys[0], now, strikes=strikes)
+    keep_until = until_ms + max(_num(ARGV[4]), 60000)
+    ttl = db.pttl(keys[0], now)
+    if ttl < 0 or now + ttl < keep_until:
+        db.pexpireat(keys[0], keep_until)
+    return _reply([until_ms, strikes])
+
+
+SCRIPTS: dict[str, Callable[[_Hashes, int, Sequence[str], Sequence[Any]], Reply]] = {
+    "reserve": script_reserve,
+    "adjust": script_adjust,
+    "mark": script_mark,
+}
+
+
+class LocalQuotaStore:
+    """The quota store's operations over an in-process dict: the same API as ``SyncQuotaStore``. Thread-safe."""
+
+    def __init__(self, prefix: str = "rp:", arrival_margin_s: float = 2.0,
+                 clock_ms: Callable[[], int] | None = None):
+        self.keys = KeySpace(prefix)
+        self.margin_ms = int(arrival_margin_s * 1000)
+        self.clock_ms = clock_ms or _wall_clock_ms
+        self.db = _Hashes()
+        self._lock = threading.RLock()
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any], now_ms: int | None = None) -> Reply:
+        """Run one script twin atomically: what ``EVALSHA`` does on Redis."""
+        with self._lock:
+            now = int(self.clock_ms()) if now_ms is None else int(now_ms)
+            return SCRIPTS[name](self.db, now, list(keys), list(args))
+
+    def reserve(
+        self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
+    ) -> Reservation | Blocked:
+        reply = self.run(
+            "reserve", self.keys.reserve_keys(plan), _codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
+        )
+        return _codec.parse_reserve(plan, tokens, reply)
+
+    def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
+        return self.reserve(plan, 0, dry=True, counters_only=counters_only)
+
+    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
+
+    def refund(self, reservation: Reservation, requests: bool = False) -> None:
+        self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))
+
+    def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        self._adjust(plan, _codec.calibrate_ops(plan, facts))
+
+    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
+        return self.mark(self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why))[0]
+
+    def cool(
+        self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
+    ) -> int:
+        args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
+        return self.mark(self.keys.model(plan), args)[1]
+
+    def mark(self, key: str, args: list) -> tuple[int, int]:
+        reply = self.run("mark", [key], args)
+        return int(reply[0]), int(reply[1])
+
+    def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
+        if ops:
+            self.run("adjust", [self.keys.counter(plan, op[0]) for op in ops], _codec.adjust_args(ops))
+
+    def usage(self, key: str, counter: Counter, now_ms: int | None = None) -> tuple[float, int]:
+        """What a counter holds now: (units, window index) — a fixed window's count in the current window,
+        a refill bucket's level after drain (window index 0)."""
+        with self._lock:
+            now = int(self.clock_ms()) if now_ms is None else int(now_ms)
+            at_raw, used_raw = self.db.hmget(key, now, "at", "used")
+            at, used = _num(at_raw), _num(used_raw) or 0
+            limit = counter.limit
+            if limit.kind == "fixed":
+                w = now // limit.window_ms
+                return (used if at == w else 0), w
+            if at is None:
+                return 0, 0
+            return max(0.0, used - (now - at) * limit.capacity / limit.window_ms), 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self.db = _Hashes()

@@ -1,0 +1,64 @@
+"""Smoke test of the benchmark (issue 6): ``python -m bench --tiny`` runs every part and writes well-formed results.
+
+The tiny mode proves the harness works end to end (redis-server, simulator, worker processes, all setups, report);
+its numbers mean nothing and nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.integration
+
+
+def test_tiny_bench_writes_well_formed_results(tmp_path):
+    plot = importlib.util.find_spec("matplotlib") is not None
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)] + ([] if plot else ["--no-plot"])
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mode"] == "tiny"
+    for key in ("date", "nproc", "python", "litellm", "redis_server", "git_commit"):
+        assert results["machine"][key], key
+
+    setups = {row["setup"] for row in results["quota"]}
+    assert setups == {"plugin", "stock", "stock_enforce", "plugin_pool", "plugin_tuned"}
+    for row in results["quota"]:
+        assert row["requests"] == 20
+        assert row["served"] + row["refused"] + row["failed_429"] + row["errors"] == row["requests"]
+        assert row["capacity"] >= 80
+        assert row["errors"] == 0, row["error_samples"]
+
+    day = results["day"]
+    assert [r["setup"] for r in day["runs"]] == ["plugin", "stock"]
+    for run in day["runs"]:
+        assert run["served"] + run["refused"] + run["failed_429"] + run["errors"] == run["requests"] == day["requests"]
+        assert run["errors"] == 0, run["error_samples"]
+        assert set(run["pools"]) == {"openrouter", "groq/openai/gpt-oss-120b", "groq/openai/gpt-oss-20b"}
+        assert len(run["cum_served"]["openrouter"]) == 25
+
+    overhead = results["overhead"]
+    for provider in ("openrouter", "groq"):
+        for setup in ("upstream_only", "stock_shuffle", "stock", "plugin"):
+            series = overhead["routing"]["series"][f"{provider}:{setup}"]
+            assert series["cost"]["n"] == 30 and series["cost"]["p50_us"] > 0
+    for mode in ("sequential", "pipelined", "concurrent_async"):
+        assert overhead["store"][mode]["ok"] == overhead["store"][mode]["n"] == 1000
+
+    md = (tmp_path / "results.md").read_text()
+    for heading in ("## Targets", "## 1. Quota efficiency", "## 2. A day in the life", "## 3. Routing overhead"):
+        assert heading in md
+    assert "python -m bench --tiny" in md
+    if plot:
+        assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

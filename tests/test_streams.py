@@ -1,0 +1,280 @@
+"""Streams through the SDK Router: every fault ends in one complete answer or a clear error, within the budget.
+
+Real parts: a LiteLLM Router with the plugin, a real redis-server, the simulator on 127.0.0.1 with its fault
+switches. Each test shows the outcome, the attempts per deployment (``sim.stats()["requests"]``) and the wall time
+(as a generous behaviour bound: a 30 s stall must not hold the call anywhere near 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import litellm
+import pytest
+
+import router_plugin
+from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
+from router_plugin.events import Observer
+from router_plugin.installer import installed
+from router_plugin.sim.wire import reply_pieces
+from router_plugin.streams import StreamInterruptedError
+
+pytestmark = pytest.mark.integration
+
+OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
+MSG = [{"role": "user", "content": "hello"}]
+FAST = {"timeouts": {"connect_s": 1.0, "first_token_s": 1.5, "stream_idle_s": 1.0, "total_s": 10.0}}
+
+
+@pytest.fixture(autouse=True)
+def _only_this_tests_callbacks():
+    """Each Router built in a test process leaves its callbacks in LiteLLM's global lists, and LiteLLM refuses
+    new ones past 100 (MAX_CALLBACKS): in a long test session the routers of this test would then run without
+    their callbacks. The routers of earlier tests are gone, so their callbacks are dropped here."""
+    _drop_plugin_callbacks()
+    yield
+    _drop_plugin_callbacks()
+
+
+def _drop_plugin_callbacks() -> None:
+    from router_plugin.callbacks import QuotaCallbacks
+
+    for name in ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+                 "_async_failure_callback"):
+        registered = getattr(litellm, name, None)
+        if isinstance(registered, list):
+            registered[:] = [cb for cb in registered if not isinstance(cb, QuotaCallbacks)]
+
+
+def bare(model: str) -> str:
+    return model.split("/", 1)[1]
+
+
+def sent(sim, model: str) -> int:
+    return sim.stats()["requests"][model.split("/", 1)[0]].get(bare(model), 0)
+
+
+def half(model: str, n: int = 16) -> str:
+    """What a faulty simulated stream delivers before it breaks: the first half of its content events (a Groq
+    stream's first event is the role chunk, with no text)."""
+    events = ([""] if model.startswith("groq/") else []) + reply_pieces(bare(model), n)
+    return "".join(events[: max(1, len(events) // 2)])
+
+
+def rest(model: str, after: str, n: int = 16) -> str:
+    """What ``model`` streams when asked to continue ``after``: max_tokens reduced by the pieces delivered."""
+    return "".join(reply_pieces(bare(model), n - len(reply_pieces_in(after))))
+
+
+def reply_pieces_in(text: str) -> list[str]:
+    return [w for w in text.replace(" ", " \0").split("\0") if w]
+
+
+@dataclass
+class Outcome:
+    text: str = ""
+    finishes: list = field(default_factory=list)  # every finish_reason the caller saw, in order
+    usage: object = None
+    models: list = field(default_factory=list)  # chunk.model of each content chunk
+    error: BaseException | None = None
+    info: dict = field(default_factory=dict)
+    elapsed: float = 0.0
+
+
+async def _consume(router, max_tokens=16, messages=MSG, settled=None, **kw) -> Outcome:
+    out, metadata = Outcome(), {}
+    start = time.monotonic()
+    try:
+        stream = await router.acompletion(model=DEMO_GROUP, messages=messages, max_tokens=max_tokens, stream=True,
+                                          stream_options={"include_usage": True}, metadata=metadata, **kw)
+        async for chunk in stream:
+            if getattr(chunk, "usage", None) is not None:
+                out.usage = chunk.usage
+            if chunk.choices:
+                choice = chunk.choices[0]
+                if choice.delta.content:
+                    out.text += choice.delta.content
+                    out.models.append(chunk.model)
+                if choice.finish_reason:
+                    out.finishes.append(choice.finish_reason)
+    except Exception as exc:
+        out.error = exc
+    out.elapsed = time.monotonic() - start
+    out.info = dict(metadata.get("router_plugin") or {})
+    if settled is not None:  # LiteLLM books a finished stream in a background task of this loop: let it run
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not settled():
+            await asyncio.sleep(0.05)
+    return out
+
+
+def consume(router, **kw) -> Outcome:
+    return asyncio.run(_consume(router, **kw))
+
+
+def router_for(sim, redis_url, chain=DEMO_CHAIN, **settings):
+    return router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=chain,
+                                                  **{**FAST, **settings}))
+
+
+class Events(Observer):
+    def __init__(self):
+        self.fails: list[tuple[str, str]] = []
+        self.wins: list[str] = []
+
+    def failed(self, plan, fact):
+        self.fails.append((plan.model, type(fact).__name__))
+
+    def succeeded(self, plan, total_tokens):
+        self.wins.append(plan.model)
+
+
+def observe(router) -> Events:
+    events = Events()
+    installed(router).events.add(events)
+    return events
+
+
+# ------------------------------------------------------------------------------------------------ broken streams
+
+
+@pytest.mark.parametrize("fault", ["cut", "truncate"])
+def test_stream_broken_mid_answer_is_continued_on_the_next_deployment(sim, redis_url, fault):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": fault}}})
+    router = router_for(sim, redis_url)
+    events = observe(router)
+    out = consume(router, settled=lambda: events.wins)
+
+    assert out.error is None
+    # One answer: A's partial text, then B continuing it (B was sent the partial answer as an assistant prefill,
+    # with max_tokens reduced by what A delivered: 16 - 8).
+    assert out.text == half(OR_A) + "".join(reply_pieces(bare(OR_B), 8))
+    assert out.finishes == ["stop"]  # LiteLLM's synthetic "stop" of the truncated body never reached the caller
+    assert out.usage is not None and out.usage.completion_tokens == 8
+    assert out.usage.prompt_tokens > 6  # B's prompt held the conversation plus the partial answer
+    assert out.models[-1] == bare(OR_B)
+    assert (sent(sim, OR_A), sent(sim, OR_B), sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1, 0, 0)
+    assert out.info["model"] == OR_B and out.info["attempts"] == 2 and out.info["continued"] is True
+    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "complete"]
+    assert out.elapsed < 5
+    # Accounting: A's attempt is a failure, never a completion; B's is the one completion.
+    assert events.wins == [OR_B]
+    assert [m for m, _ in events.fails] == [OR_A]
+
+
+def test_stalled_stream_is_cut_at_the_idle_limit_and_continued(sim, redis_url):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": "stall", "stall_s": 30}}})
+    router = router_for(sim, redis_url)
+    events = observe(router)
+    out = consume(router, settled=lambda: events.wins)
+    assert out.error is None
+    assert out.text == half(OR_A) + "".join(reply_pieces(bare(OR_B), 8))
+    assert (sent(sim, OR_A), sent(sim, OR_B)) == (1, 1)
+    assert out.elapsed < 5  # stream_idle_s = 1, not the 30 s stall
+    assert "stalled" in out.info["hops"][0]["why"]
+    assert events.wins == [OR_B]
+    inst = installed(router)
+    cooled = inst.sync_store.peek(inst.plans.plan(router.model_list[0]))
+    assert cooled.counter is None and "stream silent" in cooled.why  # set aside for every worker
+
+
+def test_openrouter_error_chunk_mid_stream_is_continued_and_blames_only_that_model(sim, redis_url):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": "error_chunk"}}})
+    router = router_for(sim, redis_url)
+    inst = installed(router)
+    plan_a, plan_b = (inst.plans.plan(d) for d in router.model_list[:2])
+
+    def a_cooled():
+        return getattr(inst.sync_store.peek(plan_a), "counter", "x") is None
+
+    out = consume(router, settled=a_cooled)
+    assert out.error is None
+    assert out.text == half(OR_A) + "".join(reply_pieces(bare(OR_B), 8))
+    # The in-band 429 chunk means that model is busy; the account pool (shared with OR_B) is not spent.
+    assert (sent(sim, OR_A), sent(sim, OR_B), sent(sim, GQ_A)) == (1, 1, 0)
+    assert a_cooled() and "busy" in inst.sync_store.peek(plan_a).why  # A set aside as busy upstream ...
+    assert not hasattr(inst.sync_store.peek(plan_b), "why")  # ... B (same account) still reservable
+
+
+def test_groq_error_event_mid_stream_is_continued(sim, redis_url):
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "error_chunk"}}})
+    out = consume(router_for(sim, redis_url, chain=(GQ_A, GQ_B)))
+    assert out.error is None
+    assert out.text == half(GQ_A) + rest(GQ_B, after=half(GQ_A))
+    assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
+
+
+def test_continuation_skips_a_deployment_that_rejects_the_prefill(sim, redis_url):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": "cut"}, bare(OR_B): {"reject_prefill": True}}})
+    out = consume(router_for(sim, redis_url))
+    assert out.error is None
+    assert out.text == half(OR_A) + "".join(reply_pieces(bare(GQ_A), 8))
+    assert (sent(sim, OR_A), sent(sim, OR_B), sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1, 1, 0)
+    assert out.info["model"] == GQ_A and out.info["attempts"] == 3
+    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "refused the continuation", "complete"]
+
+
+def test_no_deployment_can_continue_ends_with_the_original_failure_never_a_truncated_success(sim, redis_url):
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True}}})
+    out = consume(router_for(sim, redis_url, chain=(GQ_A, GQ_B)))
+    assert isinstance(out.error, StreamInterruptedError), out.error
+    message = str(out.error)
+    assert "groq/openai/gpt-oss-120b broke off" in message and "APIConnectionError" in message  # the original
+    assert "prefill" not in message and not isinstance(out.error, litellm.BadRequestError)
+    assert "no continuation support on: groq/openai/gpt-oss-20b" in message
+    assert out.error.status_code == 503
+    assert out.text == half(GQ_A) and out.finishes == []  # what arrived, and no finish: never "complete"
+    assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
+    assert out.elapsed < 5
+
+
+def test_failure_before_any_content_restarts_cleanly_without_a_prefill(sim, redis_url):
+    # GQ_A sends headers and then nothing; GQ_B would reject a prefill — a clean restart needs none.
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "stall_first", "stall_s": 30},
+                              bare(GQ_B): {"reject_prefill": True}}})
+    out = consume(router_for(sim, redis_url, chain=(GQ_A, GQ_B)))
+    assert out.error is None
+    assert out.text == "".join(reply_pieces(bare(GQ_B), 16))
+    assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
+    assert out.elapsed < 5  # first_token_s = 1.5, not the 30 s stall
+
+
+def test_a_stream_broken_on_every_deployment_is_an_error_naming_the_first_failure(sim, redis_url):
+    sim.configure({"models": {bare(m): {"stream_fault": "cut"} for m in (GQ_A, GQ_B)}})
+    out = consume(router_for(sim, redis_url, chain=(GQ_A, GQ_B)))
+    assert isinstance(out.error, StreamInterruptedError)
+    assert str(out.error).startswith("litellm.ServiceUnavailableError: router_plugin: stream from "
+                                     "groq/openai/gpt-oss-120b broke off")
+    assert out.finishes == [] and (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
+
+
+# ------------------------------------------------------------------------------------------------ orderly faults
+
+
+def test_malformed_event_is_skipped_and_the_answer_is_whole(sim, redis_url):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": "malformed"}}})
+    out = consume(router_for(sim, redis_url))
+    assert out.error is None and out.text == "".join(reply_pieces(bare(OR_A), 16))
+    assert out.finishes == ["stop"] and sent(sim, OR_A) == 1 and sent(sim, OR_B) == 0
+
+
+@pytest.mark.parametrize("model", [OR_A, GQ_A])
+def test_stream_without_done_finishes_promptly_with_usage(sim, redis_url, model):
+    sim.configure({"models": {bare(model): {"stream_fault": "no_done"}}})
+    router = router_for(sim, redis_url, chain=(model,))
+    events = observe(router)
+    out = consume(router, settled=lambda: events.wins)
+    assert out.error is None and out.text == "".join(reply_pieces(bare(model), 16))
+    assert out.finishes == ["stop"] and out.usage is not None and out.usage.completion_tokens == 16
+    assert out.elapsed < 3 and sent(sim, model) == 1
+    assert events.wins == [model]
+
+
+def test_http_200_with_an_error_in_a_stream_falls_over_before_anything_reached_the_caller(sim, redis_url):
+    sim.configure({"models": {bare(OR_A): {"error_200": True}}})
+    out = consume(router_for(sim, redis_url))
+    assert out.error is None and out.text == "".join(reply_pieces(bare(OR_B), 16))
+    assert (sent(sim, OR_A), sent(sim, OR_B)) == (1, 1)
+    assert out.info["attempts"] == 2
