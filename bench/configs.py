@@ -32,20 +32,9 @@ GROQ_KEY = "bench-groq-key"
 OR_RPM, OR_RPD = 20, 50
 GROQ_RPM, GROQ_RPD, GROQ_TPM, GROQ_TPD = 30, 1_000, 8_000, 200_000
 
-SETUPS = ("plugin", "stock", "stock_enforce", "plugin_pool", "plugin_tuned")
-# redis-py >= 6 caps an asyncio connection pool at 100 connections; router_plugin's async store takes one per
-# in-flight reservation, so a worker with more than 100 requests in flight gets MaxConnectionsError, which the
-# store treats as "Redis unreachable" (fail_open: a per-process share of each limit). The URL option raises the
-# cap without touching the plugin; (a') shows what the plugin does once that is fixed.
-POOL_WORKAROUND = "?max_connections=1000"
-# A second effect: a worker whose event loop is busy with a burst reads Redis's reply late; past redis_timeout_s
-# (0.5 s) the store is declared unreachable and fail_open serves from a per-process share, on top of counters
-# that are already full. (a'') adds redis_timeout_s: 5 to (a').
-TIMEOUT_WORKAROUND = {"redis_timeout_s": 5}
+SETUPS = ("plugin", "stock", "stock_enforce")
 LABELS = {
     "plugin": "(a) router_plugin",
-    "plugin_pool": "(a') router_plugin, redis_url ?max_connections=1000",
-    "plugin_tuned": "(a'') router_plugin, ?max_connections=1000 + redis_timeout_s: 5",
     "stock": "(b) stock usage-based-routing-v2",
     "stock_enforce": "(c) stock + enforce_model_rate_limits",
     "stock_shuffle": "stock simple-shuffle",
@@ -104,12 +93,6 @@ def setup_spec(setup: str, sim_base: str, redis_url: str, redis_port: int, **ext
     """A picklable description a worker turns into a router (see ``bench.worker.build``)."""
     if setup == "plugin":
         return {"kind": "plugin", "config": plugin_config(sim_base, redis_url, **extra.get("plugin", {}))}
-    if setup == "plugin_pool":
-        return {"kind": "plugin", "config": plugin_config(sim_base, redis_url + POOL_WORKAROUND,
-                                                          **extra.get("plugin", {}))}
-    if setup == "plugin_tuned":
-        return {"kind": "plugin", "config": plugin_config(sim_base, redis_url + POOL_WORKAROUND,
-                                                          **{**TIMEOUT_WORKAROUND, **extra.get("plugin", {})})}
     if setup in ("stock", "stock_enforce"):
         return {"kind": "stock", "kwargs": stock_router_kwargs(sim_base, redis_port, enforce=setup == "stock_enforce",
                                                                **extra.get("stock", {}))}

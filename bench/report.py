@@ -8,9 +8,8 @@ from pathlib import Path
 from . import configs
 from .stats import fmt
 
-ORDER = ("plugin", "stock", "stock_enforce", "plugin_pool", "plugin_tuned")
-SHORT = {"plugin": "(a) plugin", "stock": "(b) stock UBR-v2", "stock_enforce": "(c) stock + enforce",
-         "plugin_pool": "(a') plugin, pool cap raised", "plugin_tuned": "(a'') plugin, pool + timeout"}
+ORDER = ("plugin", "stock", "stock_enforce")
+SHORT = {"plugin": "(a) plugin", "stock": "(b) stock UBR-v2", "stock_enforce": "(c) stock + enforce"}
 
 
 def _available(row: dict) -> int:
@@ -30,10 +29,8 @@ def _mark(ok: bool | None) -> str:
 
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     out: list[tuple[str, str, bool | None]] = []
-    for setup in ("plugin", "plugin_pool", "plugin_tuned"):
-        rows = [r for r in results.get("quota", []) if r["setup"] == setup]
-        if not rows:
-            continue
+    rows = [r for r in results.get("quota", []) if r["setup"] == "plugin"]
+    if rows:
         worst = min(rows, key=served_pct)
         p429 = sum(r["p429"] for r in rows)
         workers = sorted({r["workers"] for r in rows})
@@ -45,7 +42,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                     "not credit")
         total_served = sum(r["served"] for r in rows)
         total_avail = sum(_available(r) for r in rows)
-        out.append((f"{configs.LABELS[setup]}: served / available >= 99% with zero provider 429s at "
+        out.append((f"{configs.LABELS['plugin']}: served / available >= 99% with zero provider 429s at "
                     f"{', '.join(map(str, workers))} workers",
                     f"all runs {100 * total_served / total_avail:.1f}% ({total_served}/{total_avail}); lowest run "
                     f"{served_pct(worst):.1f}% ({worst['served']}/{_available(worst)}, {worst['workers']} "
@@ -130,7 +127,7 @@ def write_markdown(results: dict, path: Path) -> None:
     add("## Rerun")
     add("")
     add("```bash")
-    add("pip install -e . matplotlib        # matplotlib only for results.png")
+    add("pip install -e \".[bench]\"          # matplotlib, only for results.png")
     add("python -m bench                    # full run (this file); --quick for a shorter one")
     add("```")
     add("")
@@ -151,14 +148,6 @@ def _quota_md(rows: list[dict], add) -> None:
         "attempts, as its help centre says); **OR quota burnt (sim)** = the simulator's daily count minus "
         "OpenRouter successes (it counts admitted attempts that then failed). **Refused** = the router said no "
         "without sending; **failed** = a provider's 429 reached the caller. Latencies are of requests not served.")
-    add("")
-    add("**(a')** and **(a'')** are (a) with settings changed, to measure two causes of provider 429s this benchmark "
-        "found in (a): **(a')** `redis_url` + `?max_connections=1000` — redis-py ≥ 6 caps an asyncio connection "
-        "pool at 100, the plugin's async store takes one connection per in-flight reservation, and a worker with "
-        "more than 100 requests in flight gets `MaxConnectionsError`, which the store treats as \"Redis unreachable\" "
-        "(`on_store_error: fail_open`: a per-process share of each limit, on top of shared counters that may "
-        "already be full); **(a'')** (a') plus `redis_timeout_s: 5` — a worker whose event loop is busy with a "
-        "burst reads Redis's reply late, past the default 0.5 s, with the same result.")
     add("")
     add("| workers | burst | setup | served / available | capacity (OR + 2×Groq) | provider 429s (OR / Groq) | "
         "OR failed attempts | OR quota burnt (sim) | refused | failed | not served p50 / p99 (ms) | window (s) |")
@@ -323,8 +312,7 @@ def _overhead_md(ov: dict, add) -> None:
 
 # ---- plot ---------------------------------------------------------------------------------------------------
 
-COLORS = {"plugin": "#1b7837", "stock": "#c51b7d", "stock_enforce": "#e08214", "plugin_pool": "#35978f",
-          "plugin_tuned": "#2166ac"}
+COLORS = {"plugin": "#1b7837", "stock": "#c51b7d", "stock_enforce": "#e08214"}
 STYLES = {1: ":", 4: "--", 8: "-", 2: "-."}
 
 
@@ -449,7 +437,7 @@ def readme_block(results: dict) -> str:
         out.append("Targets: " + "; ".join(f"{name} — {'met' if ok else 'missed'}" for name, _, ok in tg) + ".")
         out.append("")
     out.append("```bash")
-    out.append("pip install -e . matplotlib && python -m bench          # ~15 min on 2 cores; --quick ~7 min")
+    out.append("pip install -e \".[bench]\" && python -m bench          # ~15 min on 2 cores; --quick ~7 min")
     out.append("python -m pytest -q tests/test_bench.py                 # smoke run of the harness (--tiny)")
     out.append("```")
     return "\n".join(out)

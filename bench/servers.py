@@ -9,11 +9,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import tempfile
-import time
 
 import redis
 
-from router_plugin.store.binary import require_redis_server
+from router_plugin.store.binary import require_redis_server, start_redis_server
 
 
 def free_port() -> int:
@@ -40,18 +39,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir.name,
-                "--save", "", "--appendonly", "no", "--maxclients", "10000"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        self.proc = start_redis_server(["--dir", self._dir.name, "--save", "", "--appendonly", "no",
+                                        "--maxclients", "10000"], self.port)
+        return self
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)

@@ -19,12 +19,20 @@
     ``record_failure`` (LiteLLM fires no event for an attempt the plugin abandoned); an attempt is booked once.
     A success closes the circuit: the model's strike count is cleared, so its next failure starts the
     cooldown from the base again (circuit.py).
+
+LiteLLM keeps callbacks in process-wide lists, capped at ``MAX_CALLBACKS`` (100): one CustomLogger per Router
+would fill them in a service that builds Routers over and over (after which LiteLLM drops new ones with a warning,
+and the plugin would stop settling), and would keep every old Router alive. So the plugin puts one ``Dispatch``
+into those lists per process; each Router's ``QuotaCallbacks`` registers with it, weakly, under the owner id the
+strategy writes into every request's metadata, and gets exactly the events of the requests it routed.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,7 +112,7 @@ class QuotaCallbacks(CustomLogger):
             if _first_500(fact, plan, _metadata_of(kwargs), int(state.get("attempts") or 0)):
                 log.info("router_plugin: %s answered 500; one retry on it before it is set aside", plan.model)
             else:
-                await self._record(plan, fact)
+                await self._record(plan, fact, now)
             seen = providers.exception_remaining(plan.provider or "", exc, now)
             if seen:
                 await self.store.calibrate(plan, seen)
@@ -155,15 +163,22 @@ class QuotaCallbacks(CustomLogger):
         except Exception as exc:
             log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
 
-    async def _record(self, plan: DeploymentPlan, fact: Fact) -> None:
+    async def _record(self, plan: DeploymentPlan, fact: Fact, classified_at: float | None = None) -> None:
         cd = self.settings.cooldowns
         if isinstance(fact, Exhausted):
             counter = next((c for c in plan.counters if c.limit.name == fact.limit), None)
             until_ms = int(fact.until * 1000)
+            # Groq states its resets as waits ("7.66s", retry-after): recorded as a duration from Redis TIME, so a
+            # worker whose clock is off blocks the same window as every other. OpenRouter's reset is an absolute
+            # time (epoch ms from its own clock) and is recorded as given.
+            for_ms = 0
+            if plan.provider == "groq" and classified_at is not None:
+                for_ms = max(1, int((fact.until - classified_at) * 1000))
             if fact.model_only or counter is None:
-                await self.store.cool(plan, f"{fact.limit} limit: {fact.detail}", 0, 0, escalate=False, until_ms=until_ms)
+                await self.store.cool(plan, f"{fact.limit} limit: {fact.detail}", for_ms / 1000, for_ms / 1000,
+                                      escalate=False, until_ms=0 if for_ms else until_ms)
             else:
-                await self.store.block(plan, counter, until_ms, "exhausted (provider 429)")
+                await self.store.block(plan, counter, until_ms, "exhausted (provider 429)", for_ms=for_ms)
             log.warning("router_plugin: %s exhausted %s until %s: %s", plan.model, fact.limit,
                         time.strftime("%H:%M:%S UTC", time.gmtime(fact.until)), fact.detail)
         elif isinstance(fact, ModelBusy):
@@ -175,8 +190,8 @@ class QuotaCallbacks(CustomLogger):
                           "remove it from the config", plan.model, fact.detail, cd.gone_s / 3600)
         elif isinstance(fact, CreditsExhausted):
             for counter in plan.counters:
-                await self.store.block(plan, counter, int((time.time() + cd.credits_s) * 1000),
-                                       "account balance negative (402)")
+                await self.store.block(plan, counter, 0, "account balance negative (402)",
+                                       for_ms=int(cd.credits_s * 1000))
             log.error("router_plugin: OpenRouter account balance is negative (402: %s); every :free model of this "
                       "key refuses until credits are added — pool blocked for %.0f s", fact.detail, cd.credits_s)
         elif isinstance(fact, (ServerError, Unknown)):
@@ -190,6 +205,53 @@ class QuotaCallbacks(CustomLogger):
         if not isinstance(state, dict) or state.get("owner") != self.owner:
             return {}, None
         return state, self.plans.by_id(str(state.get("deployment_id")))
+
+
+class Dispatch(CustomLogger):
+    """The plugin's one entry in LiteLLM's callback lists: hands each event to the Router that routed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_owner: weakref.WeakValueDictionary[str, QuotaCallbacks] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def register(self, callbacks: QuotaCallbacks) -> None:
+        """Deliver the events of ``callbacks.owner``'s requests to ``callbacks`` while it is alive."""
+        import litellm
+
+        with self._lock:
+            self._by_owner[callbacks.owner] = callbacks
+            if self not in litellm.callbacks:  # also after a test or an app cleared LiteLLM's lists
+                litellm.logging_callback_manager.add_litellm_callback(self)
+            # LiteLLM moves a CustomLogger from ``callbacks`` into the async lists on the next call, unless those are
+            # full: every stock Router adds methods of its own there and is never freed, so a process that built
+            # 100 Routers has no room left, and LiteLLM would drop this one entry with a warning. Without it nothing
+            # is settled and no failure is recorded, so the plugin puts its single entry there itself.
+            for name in ("callbacks", "_async_success_callback", "_async_failure_callback"):
+                registered = getattr(litellm, name)
+                if self not in registered:
+                    registered.append(self)
+
+    def registered(self) -> int:
+        return len(self._by_owner)
+
+    def _target(self, kwargs: Mapping[str, Any]) -> QuotaCallbacks | None:
+        state = _metadata_of(kwargs).get(METADATA_KEY)
+        owner = state.get("owner") if isinstance(state, Mapping) else None
+        return self._by_owner.get(owner) if isinstance(owner, str) else None
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        target = self._target(kwargs)
+        if target is not None:
+            await target.async_log_success_event(kwargs, response_obj, start_time, end_time)
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        target = self._target(kwargs)
+        if target is not None:
+            await target.async_log_failure_event(kwargs, response_obj, start_time, end_time)
+
+
+DISPATCH = Dispatch()
 
 
 def _metadata_of(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -420,7 +420,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import load_config
-    from .demo import DEMO_CHAIN, demo_config, run_burst, wait_for_fresh_minute
+    from .demo import DEMO_CHAIN, demo_config, run_burst
     from .report import open_store, render_status, render_table, rows_of, take_snapshot
     from .sim import start_sim
 
@@ -440,8 +440,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say(f"simulator: {sim.base_url}   quota store: {args.redis_url or 'embedded Redis in ' + str(workdir)}")
         say(f"chain 'free-chat': {' -> '.join(DEMO_CHAIN)}")
         say(f"burst: {args.workers} worker processes x {args.requests} requests, all at once\n")
-        wait_for_fresh_minute()
-        result = run_burst(config, args.workers, args.requests)
+        result = run_burst(config, args.workers, args.requests, min_minute_left_s=20)
         loaded = load_config(config)
         snap = take_snapshot(open_store(loaded.settings), _plans(loaded))  # the shared counters the workers left
         stats = sim.stats()

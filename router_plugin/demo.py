@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -81,19 +82,31 @@ class BurstResult:
 
 
 def run_burst(config: Mapping[str, Any], workers: int = 4, per_worker: int = 25, *, group: str = DEMO_GROUP,
-              max_tokens: int = 32, stream: bool = False, timeout_s: float = 120.0) -> BurstResult:
-    """Start ``workers`` processes, let each build its router, then fire all requests at once."""
+              max_tokens: int = 32, stream: bool = False, timeout_s: float = 120.0,
+              min_minute_left_s: float = 0.0) -> BurstResult:
+    """Start ``workers`` processes, let each build its router, then fire all requests at once.
+
+    ``min_minute_left_s``: once every worker is ready (importing LiteLLM takes seconds), wait for a new clock minute
+    if less than this is left of the current one, so that the burst falls inside one OpenRouter minute.
+    """
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(workers + 1)
+    ready, go = ctx.Barrier(workers + 1), ctx.Barrier(workers + 1)
     queue = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(dict(config), i, per_worker, group, max_tokens, stream, barrier, queue),
+        ctx.Process(target=_worker, args=(dict(config), i, per_worker, group, max_tokens, stream, (ready, go), queue),
                     daemon=True)
         for i in range(workers)
     ]
     for p in procs:
         p.start()
-    barrier.wait(timeout=timeout_s)  # every worker has built its router
+    try:
+        ready.wait(timeout=timeout_s)  # every worker has built its router
+    except threading.BrokenBarrierError:
+        go.abort()
+        raise RuntimeError(f"a demo worker failed: {_first_report(queue)}") from None
+    if min_minute_left_s:
+        wait_for_fresh_minute(min_minute_left_s)
+    go.wait(timeout=timeout_s)
     result = BurstResult(started=time.time())
     deadline = time.monotonic() + timeout_s
     for _ in range(workers):
@@ -108,7 +121,15 @@ def run_burst(config: Mapping[str, Any], workers: int = 4, per_worker: int = 25,
     return result
 
 
-def _worker(config, index, count, group, max_tokens, stream, barrier, queue):  # runs in a child process
+def _first_report(queue) -> str:
+    try:
+        return str(queue.get(timeout=5))
+    except Exception:
+        return "no report (it died while starting)"
+
+
+def _worker(config, index, count, group, max_tokens, stream, barriers, queue):  # runs in a child process
+    ready, go = barriers
     try:
         import logging
 
@@ -120,10 +141,11 @@ def _worker(config, index, count, group, max_tokens, stream, barrier, queue):  #
         litellm.suppress_debug_info = True
         router = build_router(config)
     except Exception as exc:  # report instead of hanging the parent on the barrier
-        barrier.abort()
         queue.put(f"worker {index}: {type(exc).__name__}: {exc}")
+        ready.abort()
         return
-    barrier.wait()
+    ready.wait()
+    go.wait()
     outcomes = asyncio.run(_fire(router, index, count, group, max_tokens, stream))
     queue.put(outcomes)
 
@@ -148,7 +170,13 @@ async def _fire(router, index, count, group, max_tokens, stream) -> list[Outcome
             return Outcome(index, False, None, int(info.get("attempts", 0)), str(exc)[:600], type(exc).__name__,
                            time.perf_counter() - start)
 
-    return list(await asyncio.gather(*(one(n) for n in range(count))))
+    outcomes = list(await asyncio.gather(*(one(n) for n in range(count))))
+    # LiteLLM runs success callbacks (the plugin's settle) as background tasks after the caller has its answer:
+    # let them finish before this process exits, or the real token usage never reaches the shared counters.
+    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    return outcomes
 
 
 def wait_for_fresh_minute(min_left_s: float = 20.0) -> None:

@@ -16,7 +16,7 @@ from . import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm
 import litellm
 
 from ._plans import PlanBook
-from .callbacks import QuotaCallbacks
+from .callbacks import DISPATCH, QuotaCallbacks
 from .config import PluginConfig, Settings, load_config, parse_settings
 from .events import Events
 from .retry import install_retry_policy
@@ -52,11 +52,18 @@ def build_router(config: str | os.PathLike | Mapping[str, Any], **router_kwargs:
     return router
 
 
-def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | None = None) -> Installed:
-    """Install the strategy, callbacks and retry policy into ``router`` (once; later calls return the same)."""
+def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | None = None, *,
+            deliver_events: bool = True) -> Installed:
+    """Install the strategy, callbacks and retry policy into ``router`` (once; later calls return the same).
+
+    ``deliver_events=False``: do not register the callbacks with LiteLLM; the caller forwards the log events
+    itself (the proxy handler does, see proxy.py).
+    """
     existing = router.__dict__.get(_ATTR)
     if isinstance(existing, Installed):
         _ensure_strategy(router, existing)
+        if deliver_events:
+            DISPATCH.register(existing.callbacks)  # back in LiteLLM's lists if something cleared them
         return existing
     if not isinstance(settings, Settings):
         settings = parse_settings(settings, "<install settings>")
@@ -78,7 +85,8 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     _ensure_strategy(router, installed)
     install_retry_policy(router, chain_length=_longest_chain(router))
     install_stream_guard(router, installed)  # time limits, budget, mid-stream failover (streams.py, timeouts.py)
-    litellm.logging_callback_manager.add_litellm_callback(callbacks)
+    if deliver_events:
+        DISPATCH.register(callbacks)  # one process-wide entry in LiteLLM's lists, whatever the number of Routers
     _add_operator_observers(router, installed)
     return installed
 

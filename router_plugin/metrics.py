@@ -83,7 +83,7 @@ class _Instruments:
         try:
             from prometheus_client import Counter, Histogram
         except ImportError:  # pragma: no cover - an install without it
-            raise ImportError("router_plugin metrics need prometheus-client: pip install prometheus-client "
+            raise ImportError("router_plugin metrics need prometheus-client: pip install \"router_plugin[metrics]\" "
                               "(or set router_plugin.metrics.enabled: false)") from None
 
         self.requests = Counter("router_plugin_requests", "Attempts sent to a provider deployment, by outcome",

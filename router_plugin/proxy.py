@@ -122,27 +122,16 @@ class ProxyHandler(CustomLogger):
             router = proxy_server.llm_router
         if router is None:
             return None
-        installed = install(router, self.settings())  # also re-installs a strategy that update_settings removed
+        # LiteLLM fixes a request's callbacks when the request starts, before this hook installs anything: callbacks
+        # registered now would miss the very request that installed them (its failures would go unrecorded and the
+        # next attempt would hit the same exhausted pool). This handler is registered from the config, so it is in
+        # every request's list: it forwards the log events itself, and the plugin registers none of its own.
+        installed = install(router, self.settings(), deliver_events=False)  # also re-installs a reset strategy
         if installed is not self._installed:
-            # LiteLLM fixes a request's callbacks when the request starts, before this hook installs anything: the
-            # plugin's callbacks added now would miss the very request that installed them (its failures would go
-            # unrecorded and the next attempt would hit the same exhausted pool). This handler is registered from
-            # the config, so it is in every request's list: it forwards the log events itself, and the plugin's
-            # callbacks are taken out of LiteLLM's lists so that no event is counted twice.
-            self._retire(installed)
             log.info("router_plugin: installed into the proxy's router in worker pid %d (%d deployments)",
                      os.getpid(), len(router.model_list))
         self._installed = installed
         return installed
-
-    @staticmethod
-    def _retire(installed: Any) -> None:
-        import litellm
-
-        try:
-            litellm.logging_callback_manager.remove_callback_from_all_lists(installed.callbacks)
-        except Exception:  # pragma: no cover - best effort
-            pass
 
     async def install_when_ready(self, timeout_s: float = 300.0, connections: int = 8) -> None:
         """At worker startup: install as soon as the proxy has built its Router, then open a few store connections,

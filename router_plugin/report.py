@@ -33,12 +33,12 @@ bucket has drained to empty. ``resets_at`` is null when nothing is used.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ._format import human_duration
 from .limits import Counter, DeploymentPlan
 from .store import Reservation, SyncQuotaStore
 
@@ -46,18 +46,6 @@ SCHEMA = "router_plugin.status/1"
 
 
 # ---- time formatting ------------------------------------------------------------------------------------------
-
-def human_duration(seconds: float) -> str:
-    """``42s``, ``3m07s``, ``3h12m`` (the same words the refusals use)."""
-    seconds = max(0, math.ceil(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, s = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{s:02d}s"
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m"
-
 
 def utc_iso(ts: float | None) -> str | None:
     if ts is None:

@@ -34,6 +34,7 @@ from typing import Any
 import litellm
 from litellm.router import CustomRoutingStrategyBase
 
+from ._format import human_duration
 from ._plans import PlanBook
 from .config import Settings
 from .events import Events
@@ -384,12 +385,3 @@ def _when(b: Blocked) -> str:
     return f"{at} (in {human_duration(b.wait_s)})"
 
 
-def human_duration(seconds: float) -> str:
-    seconds = max(0, math.ceil(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, s = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{s:02d}s"
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m"

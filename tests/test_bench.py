@@ -33,7 +33,7 @@ def test_tiny_bench_writes_well_formed_results(tmp_path):
         assert results["machine"][key], key
 
     setups = {row["setup"] for row in results["quota"]}
-    assert setups == {"plugin", "stock", "stock_enforce", "plugin_pool", "plugin_tuned"}
+    assert setups == {"plugin", "stock", "stock_enforce"}
     for row in results["quota"]:
         assert row["requests"] == 20
         assert row["served"] + row["refused"] + row["failed_429"] + row["errors"] == row["requests"]

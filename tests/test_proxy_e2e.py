@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from router_plugin.demo import wait_for_fresh_minute
+from router_plugin.store.binary import start_redis_server
 from tests.proxy_harness import REPO, ProxyProcess, free_port, redis7_binary, strong_master_key
 from tests.test_compose import compose_env, option, repo_path_of, service_command
 
@@ -70,18 +71,8 @@ class ComposeRedis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis7(), *self.args, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.proc = start_redis_server([*self.args, "--dir", str(self.workdir)], self.port, binary=redis7(),
+                                       password=self.password)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -426,7 +417,10 @@ def test_the_handler_forwards_log_events_to_the_plugin_it_installed(monkeypatch,
     handler = ProxyHandler(settings=router_plugin.load_config(config).settings)
     installed = handler.ensure_installed(router)
     assert installed is router.__dict__["_router_plugin"]
+    from router_plugin.callbacks import DISPATCH
+
     assert installed.callbacks not in litellm.callbacks  # only the handler delivers events
+    assert DISPATCH not in litellm.callbacks
     assert handler.ensure_installed(router) is installed  # idempotent, per request
 
     seen = []

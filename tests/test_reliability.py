@@ -470,6 +470,35 @@ def test_a_worker_clock_off_by_minutes_changes_nothing(redis_url, redis_server):
     assert got[-1].counter.key == "minute" and got[-1].until_ms == (redis_ms // 60_000 + 1) * 60_000
 
 
+def test_provider_waits_are_counted_from_redis_time_not_the_workers_clock(redis_url, redis_server):
+    """Groq states its resets as waits ("7.66s", retry-after). A worker whose clock is 7 minutes ahead must block the
+    limit for that wait from Redis TIME — not until 7 minutes past the real reset. OpenRouter's reset is an absolute
+    time from OpenRouter's clock and is kept as given."""
+    from router_plugin.providers.facts import Exhausted
+    from router_plugin.store import KeySpace
+
+    router = router_plugin.build_router(demo_config("http://127.0.0.1:9", redis_url=redis_url))
+    inst = router_plugin.installer.installed(router)
+    plans = {p.model: p for p in (inst.plans.plan(d) for d in router.model_list)}
+    groq, openrouter = plans[DEMO_CHAIN[2]], plans[DEMO_CHAIN[0]]
+    shifted = time.time() + 7 * 60  # the worker's wrong clock
+    or_reset = (int(time.time()) // 60 + 1) * 60  # OpenRouter's X-RateLimit-Reset: the next minute, absolute
+
+    async def record():
+        await inst.callbacks._record(groq, Exhausted("tpm", shifted + 7.66, "tokens per minute"), shifted)
+        await inst.callbacks._record(openrouter, Exhausted("minute", float(or_reset), "free-models-per-min"), shifted)
+
+    asyncio.run(record())
+    client = redis_server.client()
+    redis_ms = (lambda t: int(t[0]) * 1000 + int(t[1]) // 1000)(client.time())
+    keys = KeySpace()
+    tpm = next(c for c in groq.counters if c.key == "tpm")
+    minute = next(c for c in openrouter.counters if c.key == "minute")
+    groq_until = float(client.hget(keys.counter(groq, tpm), "until"))
+    assert abs(groq_until - (redis_ms + 7660)) < 3000, (groq_until - redis_ms)
+    assert float(client.hget(keys.counter(openrouter, minute), "until")) == or_reset * 1000
+
+
 # ---- hostile upstream replies through the real Router ----------------------------------------------------------
 
 
@@ -638,3 +667,23 @@ def test_a_busy_event_loop_is_not_taken_for_a_redis_outage(redis_url, monkeypatc
     assert max(took for _, took in results) > 0.2  # slower than the timeout in wall time ...
     assert store.guard.reachable and store.guard.outages == 0 and store.guard.local_grants == 0  # ... not an outage
     assert store.lag_retries >= 1
+
+
+@pytest.mark.parametrize("in_flight", [400])
+def test_a_burst_beyond_the_connection_pool_waits_its_turn_and_never_over_admits(redis_url, in_flight):
+    """More requests in flight in one worker than its connection pool holds is congestion, not an outage: every
+    call waits for a connection (none falls back to the per-process share, which would admit on top of the shared
+    counters), and exactly the limit is admitted."""
+    from router_plugin.store.connect import ASYNC_POOL_SIZE
+
+    assert in_flight > 2 * ASYNC_POOL_SIZE
+    store, _ = open_resilient(resolve_target(redis_url, None, 0.5), expected_workers=4)
+    plan = or_plan(rpd=1000, rpm=150, key="sk-test-pool")
+
+    async def scenario():
+        return await asyncio.gather(*(store.reserve(plan, 1) for _ in range(in_flight)))
+
+    outcomes = asyncio.run(scenario())
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 150
+    assert all(isinstance(o, (Reservation, Blocked)) for o in outcomes)
+    assert store.guard.outages == 0 and store.guard.local_grants == 0

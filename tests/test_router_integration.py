@@ -10,7 +10,7 @@ import litellm
 import pytest
 
 import router_plugin
-from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst, wait_for_fresh_minute
+from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst
 from router_plugin.installer import installed
 
 pytestmark = pytest.mark.integration
@@ -39,8 +39,8 @@ async def ask(router, **kw):
 
 
 def test_four_processes_burst_serves_the_capacity_and_sends_zero_429s(sim, redis_url):
-    wait_for_fresh_minute(min_left_s=30)
-    result = run_burst(demo_config(sim.base_url, redis_url=redis_url), workers=4, per_worker=25)
+    result = run_burst(demo_config(sim.base_url, redis_url=redis_url), workers=4, per_worker=25,
+                       min_minute_left_s=30)
     duration = result.ended - result.started
     # Capacity in one clock minute: 20 (one OpenRouter account) + 30 + 30 (two Groq models). Groq refills
     # continuously, so a slow burst may legitimately serve one more per Groq model every 2 s.
@@ -212,3 +212,45 @@ def test_redis_down_is_a_clear_error(sim):
     with pytest.raises(Exception, match=r"quota store redis://127.0.0.1:1/0 failed to reserve.*set router_plugin.redis_url"):
         asyncio.run(ask(router))
     assert sum(sim.stats()["responses"]["openrouter"].values()) == 0
+
+
+def test_many_routers_share_one_callback_entry_and_each_gets_its_own_events(sim, redis_url):
+    """LiteLLM caps its process-wide callback lists at MAX_CALLBACKS (100) and drops new entries past it. A service
+    that builds Routers over and over must not fill them (its newest Router would run without callbacks: nothing
+    settled, no failure recorded). (Stock LiteLLM's Router adds bound methods of its own to the success lists, so
+    LiteLLM itself keeps every Router alive; the plugin adds nothing per Router.)"""
+    from litellm.constants import MAX_CALLBACKS
+
+    from router_plugin.callbacks import DISPATCH
+    from router_plugin.events import Observer
+
+    config = demo_config(sim.base_url, redis_url=redis_url)
+    for _ in range(MAX_CALLBACKS + 5):
+        router_plugin.build_router(config)
+    assert sum(cb is DISPATCH for cb in litellm.callbacks) == 1
+    assert not any(type(cb).__name__ == "QuotaCallbacks" for cb in litellm.callbacks)
+
+    class Seen(Observer):
+        def __init__(self):
+            self.ok = []
+
+        def succeeded(self, plan, total_tokens):
+            self.ok.append((plan.model, total_tokens))
+
+    routers = [router_plugin.build_router(config) for _ in range(2)]
+    seen = [Seen(), Seen()]
+    for router, observer in zip(routers, seen):
+        installed(router).events.add(observer)
+
+    async def go():
+        await ask(routers[1])
+        for _ in range(100):  # the success event runs in the background, after the caller has its answer
+            if seen[1].ok:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # a second delivery of the same event would land here
+
+    asyncio.run(go())
+    assert sum(cb is DISPATCH for cb in litellm._async_success_callback) == 1
+    assert len(seen[1].ok) == 1 and seen[1].ok[0][1] > 0  # settled with the real usage
+    assert seen[0].ok == []  # the other Router's callbacks never see this request

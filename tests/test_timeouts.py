@@ -28,26 +28,6 @@ MSG = [{"role": "user", "content": "hello"}]
 FAST = {"timeouts": {"connect_s": 1.0, "first_token_s": 1.5, "stream_idle_s": 1.0, "total_s": 10.0}}
 
 
-@pytest.fixture(autouse=True)
-def _only_this_tests_callbacks():
-    """Each Router built in a test process leaves its callbacks in LiteLLM's global lists, and LiteLLM refuses
-    new ones past 100 (MAX_CALLBACKS): in a long test session the routers of this test would then run without
-    their callbacks. The routers of earlier tests are gone, so their callbacks are dropped here."""
-    _drop_plugin_callbacks()
-    yield
-    _drop_plugin_callbacks()
-
-
-def _drop_plugin_callbacks() -> None:
-    from router_plugin.callbacks import QuotaCallbacks
-
-    for name in ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
-                 "_async_failure_callback"):
-        registered = getattr(litellm, name, None)
-        if isinstance(registered, list):
-            registered[:] = [cb for cb in registered if not isinstance(cb, QuotaCallbacks)]
-
-
 def bare(model: str) -> str:
     return model.split("/", 1)[1]
 

@@ -21,6 +21,7 @@ from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
 from . import _codec
 from ._codec import Blocked, CounterState, KeySpace, Reservation
+from ._ops import SyncOperations
 from .connect import StoreTarget, resolve_target
 
 __all__ = [
@@ -103,9 +104,9 @@ class QuotaStore(_Base):
     async def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
         await self._adjust(plan, _codec.calibrate_ops(plan, facts))
 
-    async def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
-        """Block one counter for every worker until ``until_ms``; returns the block's end."""
-        return (await self._mark(self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why)))[0]
+    async def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str, for_ms: int = 0) -> int:
+        """Block one counter for every worker until ``until_ms`` (or for ``for_ms`` from Redis TIME); returns its end."""
+        return (await self._mark(self.keys.counter(plan, counter), _codec.block_args(until_ms, why, for_ms)))[0]
 
     async def cool(
         self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
@@ -137,7 +138,7 @@ class QuotaStore(_Base):
             await scripts["client"].aclose()
 
 
-class SyncQuotaStore(_Base):
+class SyncQuotaStore(SyncOperations, _Base):
     """The same operations, blocking: for the CLI, tests and sync ``Router.completion``."""
 
     def __init__(self, target: StoreTarget, prefix: str = "rp:", client: Any = None, arrival_margin_s: float = 2.0):
@@ -169,27 +170,6 @@ class SyncQuotaStore(_Base):
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
         return _codec.parse_reserve(plan, tokens, reply)
-
-    def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
-        return self.reserve(plan, 0, dry=True, counters_only=counters_only)
-
-    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
-
-    def refund(self, reservation: Reservation, requests: bool = False) -> None:
-        self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))
-
-    def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
-        self._adjust(plan, _codec.calibrate_ops(plan, facts))
-
-    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
-        return self._mark(self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why))[0]
-
-    def cool(
-        self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
-    ) -> int:
-        args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
-        return self._mark(self.keys.model(plan), args)[1]
 
     def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
         if not ops:

@@ -155,5 +155,14 @@ def calibrate_ops(plan: DeploymentPlan, facts: Iterable) -> list[tuple[Counter, 
     return ops
 
 
+def block_args(until_ms: int, why: str, for_ms: int = 0) -> list:
+    """mark.lua arguments that block a counter until ``until_ms`` (an absolute time the provider gave, e.g.
+    OpenRouter's X-RateLimit-Reset) or, with ``for_ms``, for that long from Redis ``TIME`` (a relative wait the
+    provider gave, e.g. Groq's ``7.66s``: never turned into a time on a worker's clock)."""
+    if for_ms > 0:
+        return mark_args(0, for_ms, False, for_ms, why)
+    return mark_args(until_ms, 0, False, 0, why)
+
+
 def mark_args(until_ms: int, base_ms: int, escalate: bool, max_ms: int, why: str) -> list:
     return [int(until_ms), int(base_ms), "1" if escalate else "0", int(max_ms), why[:300]]

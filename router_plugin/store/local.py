@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..limits import Counter, DeploymentPlan
-from ..providers.facts import Remaining
 from . import _codec
 from ._codec import Blocked, KeySpace, Reservation
+from ._ops import SyncOperations
 
 Reply = list
 
@@ -274,7 +274,7 @@ SCRIPTS: dict[str, Callable[[_Hashes, int, Sequence[str], Sequence[Any]], Reply]
 }
 
 
-class LocalQuotaStore:
+class LocalQuotaStore(SyncOperations):
     """The quota store's operations over an in-process dict: the same API as ``SyncQuotaStore``. Thread-safe."""
 
     def __init__(self, prefix: str = "rp:", arrival_margin_s: float = 2.0,
@@ -299,30 +299,11 @@ class LocalQuotaStore:
         )
         return _codec.parse_reserve(plan, tokens, reply)
 
-    def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
-        return self.reserve(plan, 0, dry=True, counters_only=counters_only)
-
-    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
-
-    def refund(self, reservation: Reservation, requests: bool = False) -> None:
-        self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))
-
-    def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
-        self._adjust(plan, _codec.calibrate_ops(plan, facts))
-
-    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
-        return self.mark(self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why))[0]
-
-    def cool(
-        self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
-    ) -> int:
-        args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
-        return self.mark(self.keys.model(plan), args)[1]
-
-    def mark(self, key: str, args: list) -> tuple[int, int]:
+    def _mark(self, key: str, args: list) -> tuple[int, int]:
         reply = self.run("mark", [key], args)
         return int(reply[0]), int(reply[1])
+
+    mark = _mark  # resilient.py replays its queued marks through it
 
     def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
         if ops:

@@ -421,6 +421,16 @@ def _timed_out(exc: BaseException) -> bool:
     return isinstance(exc, _TIMEOUTS) or isinstance(exc.__cause__, _TIMEOUTS)
 
 
+def _pool_busy(exc: BaseException) -> bool:
+    """No free connection in the pool within the wait (BlockingConnectionPool) or past its size (ConnectionPool)."""
+    for e in (exc, exc.__cause__):
+        if isinstance(e, getattr(redis.exceptions, "MaxConnectionsError", ())) or (
+            isinstance(e, redis.ConnectionError) and "No connection available" in str(e)
+        ):
+            return True
+    return False
+
+
 def _ident(plan: DeploymentPlan, now_ms: int, tokens: int) -> tuple:
     return (plan.deployment_id, plan.slot, int(now_ms), int(tokens))
 
@@ -445,6 +455,7 @@ class ResilientQuotaStore(QuotaStore):
         self.guard = guard or StoreGuard(target, prefix, arrival_margin_s=arrival_margin_s)
         self._replays: set[asyncio.Task] = set()
         self.lag_retries = 0  # calls tried again because the event loop, not Redis, was late
+        self.pool_waits = 0  # calls that waited again for a free connection (a burst, Redis healthy)
 
     async def _guarded(self, action: str, call: Callable[[], Awaitable[Any]], fallback: Callable[[], Any]) -> Any:
         guard = self.guard
@@ -473,20 +484,26 @@ class ResilientQuotaStore(QuotaStore):
         """``call()``; a timeout while this event loop itself ran late (by half the timeout or more) is the loop's,
         not Redis's: try again (a few times at most) instead of declaring the store down."""
         lag = _loop_lag()
-        for attempt in range(_LAG_RETRIES + 1):
+        attempt = 0
+        while True:
             started = lag.loop.time()
             try:
                 return await call()
             except _ASYNC_FAILURES as exc:
+                if _pool_busy(exc) and self.guard.reachable:
+                    # Every connection of this loop's pool is in use by other requests and none has found Redis
+                    # down: a burst, not an outage. Wait again (the calls ahead of this one finish or time out).
+                    self.pool_waits += 1
+                    continue
                 if not _timed_out(exc) or attempt == _LAG_RETRIES:
                     raise
+                attempt += 1
                 late = lag.max_since(started)
                 if late < self.target.timeout_s / 2:
                     raise
                 self.lag_retries += 1
                 log.debug("router_plugin: a quota store call timed out while the event loop ran %.2f s late; "
                           "trying again: %s", late, exc)
-        raise AssertionError("unreachable")
 
     def _start_replay(self, replay: Replay) -> None:
         task = asyncio.get_running_loop().create_task(self._replay(replay))
@@ -551,8 +568,8 @@ class ResilientQuotaStore(QuotaStore):
             lambda: self.guard.local_calibrate(plan, facts),
         )
 
-    async def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
-        key, args = self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why)
+    async def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str, for_ms: int = 0) -> int:
+        key, args = self.keys.counter(plan, counter), _codec.block_args(until_ms, why, for_ms)
         result = await self._guarded(
             "record a block", lambda: QuotaStore._mark(self, key, args),
             lambda: self.guard.local_mark(key, plan, args, model=False),
@@ -638,8 +655,8 @@ class ResilientSyncQuotaStore(SyncQuotaStore):
             lambda: self.guard.local_calibrate(plan, facts),
         )
 
-    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str) -> int:
-        key, args = self.keys.counter(plan, counter), _codec.mark_args(until_ms, 0, False, 0, why)
+    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str, for_ms: int = 0) -> int:
+        key, args = self.keys.counter(plan, counter), _codec.block_args(until_ms, why, for_ms)
         return self._guarded(
             "record a block", lambda: SyncQuotaStore._mark(self, key, args),
             lambda: self.guard.local_mark(key, plan, args, model=False),

@@ -1,0 +1,51 @@
+"""The blocking store operations, written once over three primitives a store provides.
+
+``SyncQuotaStore`` (Redis) and ``LocalQuotaStore`` (the in-process twin of the scripts, used during a Redis outage)
+differ only in how they run a script; everything above that is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..limits import Counter, DeploymentPlan
+from ..providers.facts import Remaining
+from . import _codec
+from ._codec import Blocked, KeySpace, Reservation
+
+
+class SyncOperations:
+    """Mixin: needs ``keys`` (a ``KeySpace``), ``reserve``, ``_adjust(plan, ops)`` and ``_mark(key, args)``."""
+
+    keys: KeySpace
+
+    def reserve(self, plan: DeploymentPlan, tokens: int, dry: bool = False,
+                counters_only: bool = False) -> Reservation | Blocked:  # pragma: no cover - provided by the store
+        raise NotImplementedError
+
+    def _adjust(self, plan: DeploymentPlan, ops: list) -> None:  # pragma: no cover - provided by the store
+        raise NotImplementedError
+
+    def _mark(self, key: str, args: list) -> tuple[int, int]:  # pragma: no cover - provided by the store
+        raise NotImplementedError
+
+    def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
+        return self.reserve(plan, 0, dry=True, counters_only=counters_only)
+
+    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
+
+    def refund(self, reservation: Reservation, requests: bool = False) -> None:
+        self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))
+
+    def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        self._adjust(plan, _codec.calibrate_ops(plan, facts))
+
+    def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str, for_ms: int = 0) -> int:
+        return self._mark(self.keys.counter(plan, counter), _codec.block_args(until_ms, why, for_ms))[0]
+
+    def cool(
+        self, plan: DeploymentPlan, why: str, base_s: float, max_s: float, escalate: bool = True, until_ms: int = 0
+    ) -> int:
+        args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
+        return self._mark(self.keys.model(plan), args)[1]
