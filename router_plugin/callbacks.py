@@ -80,12 +80,14 @@ class QuotaCallbacks(CustomLogger):
             reservation = _reservation(plan, state)
             total = _total_tokens(response_obj, reservation.tokens if reservation else 0)
             self.events.succeeded(plan, total)
-            if reservation is not None:
-                await self.store.settle(reservation, total)
             headers = _success_headers(kwargs, response_obj)
-            if headers:
-                await self.store.calibrate(plan, providers.remaining(plan.provider, headers, None, time.time()))
-            await close_circuit(self.store, plan)
+            seen = providers.remaining(plan.provider, headers, None, time.time()) if headers else []
+            if reservation is not None:
+                await self.store.settle(reservation, total, seen)  # real tokens + headers: one round trip
+            elif seen:
+                await self.store.calibrate(plan, seen)
+            if state.get("strikes"):  # the reservation saw recent failures of this model: clear them
+                await close_circuit(self.store, plan)
         except Exception as exc:  # never let bookkeeping break a served request
             log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
 
@@ -159,7 +161,8 @@ class QuotaCallbacks(CustomLogger):
             self.events.succeeded(plan, total)
             if reservation is not None:
                 await self.store.settle(reservation, total)
-            await close_circuit(self.store, plan)
+            if state.get("strikes"):  # the reservation saw recent failures of this model: clear them
+                await close_circuit(self.store, plan)
         except Exception as exc:
             log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
 

@@ -285,6 +285,7 @@ class _Request:
             metered=reservation is not None,
             attempts=attempts,
             remaining={s.counter.limit.name: s.remaining for s in reservation.states} if reservation else {},
+            strikes=reservation.strikes if reservation else 0,
         )
         skipped = [(s.plan.model, s.why) for s in self.skipped]
         log.info(

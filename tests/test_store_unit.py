@@ -184,6 +184,17 @@ def test_cooldown_is_per_model_and_escalates(store, clock):
     assert isinstance(store.reserve(a, 1), Reservation)
 
 
+def test_a_reservation_reports_the_models_remembered_strikes(store, clock):
+    """After its cooldown a model's strikes are still remembered (for escalation); the reservation says so, so that
+    only a success after failures pays a round trip to clear them (circuit.py), and a healthy model's does not."""
+    a, b = plan(OR_A), plan(OR_B)
+    store.cool(a, "busy upstream", 10, 300)
+    store.cool(a, "busy upstream", 10, 300)
+    clock.advance(31)
+    assert store.reserve(a, 1).strikes == 2
+    assert store.reserve(b, 1).strikes == 0
+
+
 def test_calibration_only_raises_the_count(store, clock):
     p = plan(GQ_120)
     store.calibrate(p, [Remaining("rpd", remaining=900, capacity=1000), Remaining("tpm", remaining=7000, capacity=8000)])
@@ -192,6 +203,18 @@ def test_calibration_only_raises_the_count(store, clock):
     assert seen.remaining("tpm").remaining in (6999, 7000)
     store.calibrate(p, [Remaining("rpd", remaining=990, capacity=1000)])  # says more is left: ignored
     assert store.peek(p).remaining("rpd").remaining == 900
+
+
+def test_settle_with_the_replys_headers_is_one_adjust_with_both_effects(store, clock):
+    p = plan(GQ_120)
+    reservation = store.reserve(p, 1000)  # tpm 8000: 7000 left while reserved
+    assert reservation.remaining("tpm").remaining == 7000
+    # Settled to 300 real tokens (700 back) and, in the same call, the reply's headers: 7500 tokens left this minute
+    # (another worker's request the provider already counted) -> 500 used, more than our 300: raised to 500.
+    store.settle(reservation, 300, [Remaining("tpm", remaining=7500, capacity=8000)])
+    assert store.peek(p).remaining("tpm").remaining in (7499, 7500)
+    store.settle(store.reserve(p, 100), 40, [Remaining("tpm", remaining=7900, capacity=8000)])  # says less used
+    assert store.peek(p).remaining("tpm").remaining in (7459, 7460, 7461)  # settled (-60), calibration ignored
 
 
 def test_calibration_scales_a_different_provider_limit(store, clock):

@@ -95,8 +95,10 @@ class QuotaStore(_Base):
     async def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
         return await self.reserve(plan, 0, dry=True, counters_only=counters_only)
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        await self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
+    async def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
+        """Replace the token estimate with the real usage; ``seen``: the provider's rate-limit headers of the same
+        reply, calibrated in the same round trip."""
+        await self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens, seen))
 
     async def refund(self, reservation: Reservation, requests: bool = False) -> None:
         await self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))

@@ -26,6 +26,7 @@ class Reservation:
     tokens: int  # reserved on every token counter
     now_ms: int
     states: tuple[CounterState, ...] = ()
+    strikes: int = 0  # the model's recent failures, still remembered: its first success clears them (circuit.py)
 
     def window_index(self, limit: Limit) -> int:
         return self.now_ms // limit.window_ms
@@ -94,10 +95,10 @@ def parse_reserve(plan: DeploymentPlan, tokens: int, reply: Sequence) -> Reserva
     granted, now_ms = int(reply[0]), int(reply[1])
     if granted:
         values = [int(v) for v in reply[2:]]
-        states = tuple(
-            CounterState(counter, values[2 * i], values[2 * i + 1]) for i, counter in enumerate(plan.counters)
-        )
-        return Reservation(plan, tokens, now_ms, states)
+        n = len(plan.counters)
+        states = tuple(CounterState(counter, values[2 * i], values[2 * i + 1]) for i, counter in enumerate(plan.counters))
+        strikes = values[2 * n] if len(values) > 2 * n else 0
+        return Reservation(plan, tokens, now_ms, states, strikes)
     index, until_ms = int(reply[2]), int(reply[3])
     why = reply[4].decode() if isinstance(reply[4], bytes) else str(reply[4])
     counter = plan.counters[index - 1] if index > 0 else None
@@ -114,12 +115,14 @@ def adjust_args(ops: Iterable[tuple[Counter, str, float, int]]) -> list:
     return args
 
 
-def settle_ops(reservation: Reservation, actual_tokens: int) -> list[tuple[Counter, str, float, int]]:
-    """Replace the reserved token estimate with the real usage on every token counter."""
+def settle_ops(reservation: Reservation, actual_tokens: int,
+               seen: Iterable = ()) -> list[tuple[Counter, str, float, int]]:
+    """Replace the reserved token estimate with the real usage on every token counter; then calibrate from
+    ``seen`` (the same reply's rate-limit headers), all in one adjust call."""
     delta = actual_tokens - reservation.tokens
-    if delta == 0:
-        return []
-    return [(c, "+", delta, reservation.window_index(c.limit)) for c in reservation.plan.token_counters]
+    ops = [] if delta == 0 else [(c, "+", delta, reservation.window_index(c.limit))
+                                 for c in reservation.plan.token_counters]
+    return ops + calibrate_ops(reservation.plan, seen)
 
 
 def refund_ops(reservation: Reservation, requests: bool) -> list[tuple[Counter, str, float, int]]:

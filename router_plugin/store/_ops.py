@@ -32,8 +32,8 @@ class SyncOperations:
     def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
         return self.reserve(plan, 0, dry=True, counters_only=counters_only)
 
-    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens))
+    def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
+        self._adjust(reservation.plan, _codec.settle_ops(reservation, actual_tokens, seen))
 
     def refund(self, reservation: Reservation, requests: bool = False) -> None:
         self._adjust(reservation.plan, _codec.refund_ops(reservation, requests))

@@ -111,11 +111,13 @@ def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[An
     dry = _str(ARGV[2]) != "0"
     margin = _num(ARGV[3])
 
+    strikes = 0
     if _str(ARGV[2]) != "2":
-        cool_until_raw, cool_why = db.hmget(keys[0], now, "until", "why")
+        cool_until_raw, cool_why, strikes_raw = db.hmget(keys[0], now, "until", "why", "strikes")
         cool_until = _num(cool_until_raw)
         if cool_until is not None and cool_until > now:
             return _reply([0, now, 0, cool_until, cool_why if cool_why is not None else "cooling down"])
+        strikes = _num(strikes_raw) or 0
 
     n = int(_num(ARGV[1]))
     writes: dict[int, tuple] = {}
@@ -191,6 +193,7 @@ def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[An
             keep_until = keep_until + 1000
             if ttl < 0 or now + ttl < keep_until:
                 db.pexpireat(key, keep_until)
+    reply.append(strikes)
     return _reply(reply)
 
 

@@ -14,19 +14,23 @@
 --               A refill bucket only credits drain that is older than the margin; see README "Zero 429s".
 -- ARGV[4..]     per counter: kind ("f" | "r"), capacity, window_ms, cost
 --
--- Reply, reserved: {1, now_ms, remaining_1, reset_ms_1, remaining_2, reset_ms_2, ...}
+-- Reply, reserved: {1, now_ms, remaining_1, reset_ms_1, remaining_2, reset_ms_2, ..., strikes}
+--                  strikes = the model's recent failures (its cooldown hash outlives the cooldown): a success
+--                  then clears them (circuit.py); 0 = nothing to clear, no extra round trip
 --        blocked : {0, now_ms, index (0 = model cooldown, i = counter i), until_ms (-1 = can never fit), why}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local dry = ARGV[2] ~= '0'
 local margin = tonumber(ARGV[3])
 
+local strikes = 0
 if ARGV[2] ~= '2' then
-  local cool = redis.call('HMGET', KEYS[1], 'until', 'why')
+  local cool = redis.call('HMGET', KEYS[1], 'until', 'why', 'strikes')
   local cool_until = tonumber(cool[1])
   if cool_until and cool_until > now then
     return {0, now, 0, cool_until, cool[2] or 'cooling down'}
   end
+  strikes = tonumber(cool[3]) or 0
 end
 
 local n = tonumber(ARGV[1])
@@ -98,4 +102,5 @@ if not dry then
     if ttl < 0 or now + ttl < keep_until then redis.call('PEXPIREAT', key, keep_until) end
   end
 end
+reply[#reply + 1] = strikes
 return reply

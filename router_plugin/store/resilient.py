@@ -542,8 +542,25 @@ class ResilientQuotaStore(QuotaStore):
             lambda: self.guard.local_reserve(plan, tokens, dry, counters_only),
         )
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        await self._adjust_for(reservation, _codec.settle_ops(reservation, actual_tokens))
+    async def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
+        seen = list(seen)
+        if not seen:
+            await self._adjust_for(reservation, _codec.settle_ops(reservation, actual_tokens))
+            return
+        plan, settle_only = reservation.plan, _codec.settle_ops(reservation, actual_tokens)
+        if self.guard.owns(reservation):
+            self.guard.local_adjust(plan, settle_only)
+            self.guard.local_calibrate(plan, seen)
+            return
+
+        def locally() -> None:  # the share limiter counts in its own (share) units: each part converts itself
+            if settle_only:
+                self.guard.local_adjust(plan, settle_only, only_increases=True)
+            self.guard.local_calibrate(plan, seen)
+
+        ops = _codec.settle_ops(reservation, actual_tokens, seen)  # one round trip for both
+        if ops:
+            await self._guarded("adjust counters", lambda: QuotaStore._adjust(self, plan, ops), locally)
 
     async def refund(self, reservation: Reservation, requests: bool = False) -> None:
         await self._adjust_for(reservation, _codec.refund_ops(reservation, requests))
@@ -629,8 +646,9 @@ class ResilientSyncQuotaStore(SyncQuotaStore):
             lambda: self.guard.local_reserve(plan, tokens, dry, counters_only),
         )
 
-    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+    def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
         self._adjust_for(reservation, _codec.settle_ops(reservation, actual_tokens))
+        self.calibrate(reservation.plan, seen)
 
     def refund(self, reservation: Reservation, requests: bool = False) -> None:
         self._adjust_for(reservation, _codec.refund_ops(reservation, requests))
