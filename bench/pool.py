@@ -59,8 +59,11 @@ class Pool:
     def burst(self, per_worker: list[int], max_tokens: int = 32, tag: str = "") -> list[dict]:
         cmds = [{"op": "burst", "n": n, "max_tokens": max_tokens, "tag": tag} for n in per_worker]
         out: list[dict] = []
+        self.store_stats = []  # per worker, router_plugin only (see Worker.store_stats)
         for reply in self._ask(range(len(per_worker)), cmds):
             out.extend(reply["outcomes"])
+            if reply.get("store"):
+                self.store_stats.append(reply["store"])
         return out
 
     def schedule(self, items_per_worker: list[list[dict]], t0: float) -> list[dict]:

@@ -117,10 +117,20 @@ def run(bench, setups: list[str], workers_list: list[int], sizes: list[int], max
                 bench.pool.build(bench.spec(setup), workers)
                 outcomes = bench.pool.burst(_split(size, workers), max_tokens=max_tokens, tag="burst")
                 row = summarize(setup, workers, outcomes, bench.sim.stats(), max_tokens)
+                stats = getattr(bench.pool, "store_stats", [])
+                if stats:  # router_plugin: did any worker take Redis for unreachable (fail_open share)?
+                    row["store_outages"] = sum(x["outages"] for x in stats)
+                    row["store_local_grants"] = sum(x["local_grants"] for x in stats)
+                    row["store_lag_retries"] = sum(x["lag_retries"] for x in stats)
+                    row["store_pool_waits"] = sum(x["pool_waits"] for x in stats)
+                    row["store_errors"] = sorted({x["last_error"] for x in stats if x["last_error"]})[:3]
                 expected[setup] = max(expected.get(setup, 0.0), row["duration_s"])
                 rows.append(row)
                 bench.log(f"    {configs.LABELS[setup]:<40} W={workers} n={size:>3}: served {row['served']:>3}/"
                           f"{row['capacity']} ({row['served_pct']:.1f}%), 429s {row['p429']:>3} "
                           f"(OR {row['p429_openrouter']}), refused {row['refused']}, failed {row['failed_429']}"
-                          f"+{row['errors']}, {row['duration_s']:.1f} s")
+                          f"+{row['errors']}, {row['duration_s']:.1f} s"
+                          + (f"; store outages {row['store_outages']} (local grants {row['store_local_grants']}, "
+                             f"lag retries {row['store_lag_retries']}, pool waits {row['store_pool_waits']})"
+                             if "store_outages" in row else ""))
     return rows

@@ -179,6 +179,21 @@ def _quota_md(rows: list[dict], add) -> None:
             add(f"| {configs.LABELS[s]} | {t['runs']:.0f} | {t['served']:.0f} / {t['available']:.0f} = "
                 f"{100 * t['served'] / t['available']:.1f}% | {t['worst']:.1f}% | {t['p429']:.0f} ({t['p429_or']:.0f}) | "
                 f"{t['or_failed']:.0f} |")
+    plugin_runs = [r for r in rows if "store_outages" in r]
+    if plugin_runs:
+        hit = [r for r in plugin_runs if r["store_outages"]]
+        add("")
+        add("(a)'s quota store, per run, summed over the workers: "
+            + (f"in {len(hit)} of {len(plugin_runs)} runs a worker took Redis for unreachable and served from its "
+               "`fail_open` share meanwhile (the one way the plugin can admit more than a limit): "
+               + "; ".join(f"{r['workers']} workers × burst {r['requests']}: {r['store_outages']} outage(s), "
+                           f"{r['store_local_grants']} local grant(s), provider 429s {r['p429']}"
+                           + (f" (`{r['store_errors'][0][:140]}`)" if r.get("store_errors") else "")
+                           for r in hit)
+               if hit else f"no worker took Redis for unreachable in any of the {len(plugin_runs)} runs")
+            + f". Calls that waited again for a free pooled connection: "
+              f"{sum(r['store_pool_waits'] for r in plugin_runs)}; calls retried because the worker's own event "
+              f"loop, not Redis, was late: {sum(r['store_lag_retries'] for r in plugin_runs)}.")
     errors = [e for r in rows for e in r.get("error_samples", [])]
     if errors:
         add("")

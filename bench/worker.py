@@ -74,7 +74,8 @@ class Worker:
                     await self._drop()
                     reply = {}
                 elif op == "burst":
-                    reply = {"outcomes": await self.burst(cmd["n"], cmd.get("max_tokens", 32), cmd.get("tag", ""))}
+                    reply = {"outcomes": await self.burst(cmd["n"], cmd.get("max_tokens", 32), cmd.get("tag", "")),
+                             "store": self.store_stats()}
                 elif op == "schedule":
                     reply = {"outcomes": await self.schedule(cmd["items"], cmd["t0"])}
                 elif op == "call":
@@ -111,6 +112,20 @@ class Worker:
             setattr(litellm, name, list(items))
 
     # ---- load ----------------------------------------------------------------------------------------------
+    def store_stats(self) -> dict | None:
+        """The plugin's quota-store health in this worker (None for stock routers): how often it took Redis for
+        unreachable and served from its fail_open share instead — the one way the plugin can over-admit."""
+        from router_plugin.installer import installed
+
+        inst = installed(self.router) if self.router is not None else None
+        guard = getattr(getattr(inst, "store", None), "guard", None)
+        if guard is None:
+            return None
+        status = guard.status()
+        return {"outages": status.outages, "local_grants": status.local_grants,
+                "lag_retries": getattr(inst.store, "lag_retries", 0), "pool_waits": getattr(inst.store, "pool_waits", 0),
+                "last_error": status.last_error[:200]}
+
     async def burst(self, n: int, max_tokens: int, tag: str) -> list[dict]:
         before = asyncio.all_tasks()
         outcomes = await asyncio.gather(*(

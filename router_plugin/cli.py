@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(shows quarantine + fallback)")
     demo.add_argument("--redis-url", help="use this Redis instead of a fresh embedded one")
     demo.add_argument("--redis-timeout", type=float, metavar="S",
-                      help="router_plugin.redis_timeout_s of the workers (default 0.5); raise it on a loaded machine, "
+                      help="router_plugin.redis_timeout_s of the workers (default 2.0); raise it on a loaded machine, "
                            "where a slower Redis reply would make them fall back to per-process limits")
     demo.add_argument("--write-config", metavar="FILE",
                       help="write the demo's config (YAML) so `router-plugin status --config FILE` can watch it")

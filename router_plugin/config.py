@@ -67,7 +67,7 @@ class Settings:
     redis_url: str | None = None
     embedded_path: str | None = None
     key_prefix: str = "rp:"
-    redis_timeout_s: float = 0.5
+    redis_timeout_s: float = 2.0  # connect / reply; see README "When Redis fails"
     openrouter_tier: str = "free"  # "free" -> 50/day, "funded" -> 1000/day
     limits: Mapping[str, LimitOverride] = field(default_factory=dict)
     max_wait_s: float = 0.0
@@ -176,7 +176,7 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         redis_url=redis_url or None,
         embedded_path=_opt_str(section, "embedded_path", where),
         key_prefix=_opt_str(section, "key_prefix", where) or "rp:",
-        redis_timeout_s=_number(section, "redis_timeout_s", 0.5, where, positive=True),
+        redis_timeout_s=_number(section, "redis_timeout_s", 2.0, where, positive=True),
         openrouter_tier=tier,
         limits=_parse_limits(section.get("limits"), where),
         max_wait_s=_number(section, "max_wait_s", 0.0, where),

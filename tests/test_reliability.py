@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
-TIMEOUT_S = 0.5  # redis_timeout_s (the default)
+TIMEOUT_S = 0.5  # redis_timeout_s in these tests (the default is 2.0: a hung Redis costs that, once)
 SLACK_S = 0.75  # scheduling on a shared 2-core machine: a behaviour bound, not a performance claim
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -232,7 +232,8 @@ def test_fail_closed_refuses_at_once_naming_the_store_and_recovers(own_redis, ca
 
 
 def test_fail_closed_through_the_router_is_a_clear_error_and_never_retried(sim):
-    config = demo_config(sim.base_url, redis_url="redis://127.0.0.1:1/0", on_store_error="fail_closed")
+    config = demo_config(sim.base_url, redis_url="redis://127.0.0.1:1/0", on_store_error="fail_closed",
+                         redis_timeout_s=TIMEOUT_S)
     router = router_plugin.build_router(config)
     for _ in range(3):  # the first names the failure, the next ones the open circuit: all at once
         started = time.monotonic()
@@ -313,7 +314,7 @@ def test_kill_and_restart_redis_mid_burst(sim, own_redis):
                    "latency_ms": 30})
     rpd = 200  # the plugin's OpenRouter day limit (the simulator's is higher: over-admission is measured, not 429'd)
     config = demo_config(sim.base_url, redis_url=server.url, chain=(OR_A, OR_B, GQ_A), expected_workers=BURST_WORKERS,
-                         limits={"openrouter": {"rpm": 1000, "rpd": rpd}})
+                         limits={"openrouter": {"rpm": 1000, "rpd": rpd}}, redis_timeout_s=TIMEOUT_S)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(BURST_WORKERS + 1)
     queue = ctx.Queue()

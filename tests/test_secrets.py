@@ -138,7 +138,7 @@ def test_keys_never_leak_anywhere(sim, all_logs, tmp_path, monkeypatch, capfd, s
     monkeypatch.setenv("OPENROUTER_API_KEY", OR_KEY)
     monkeypatch.setenv("GROQ_API_KEY", GQ_KEY)
     monkeypatch.setenv("REDIS_URL", redis_url)
-    # redis_timeout_s: LiteLLM's DEBUG logging (on below) can hold the event loop longer than the default 0.5 s.
+    # redis_timeout_s: LiteLLM's DEBUG logging (on below) can hold the event loop longer than the store timeout.
     config = demo_config(sim.base_url, redis_timeout_s=5.0, limits={
         "openrouter": {"rpm": 4}, GQ_A: {"rpm": 2}, GQ_B: {"rpm": 2}})
     config["router_plugin"]["redis_url"] = "os.environ/REDIS_URL"

@@ -51,7 +51,7 @@ _embedded_lock = threading.Lock()
 class StoreTarget:
     url: str | None = None
     embedded_path: Path | None = None
-    timeout_s: float = 0.5
+    timeout_s: float = 2.0
     cluster: bool = False  # url names a node of a Redis Cluster: redis.cluster.RedisCluster clients
 
     def describe(self) -> str:
