@@ -6,19 +6,12 @@ Redis: Debian's ``redis-server`` if it is on PATH, else the one inside the ``red
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
 
 import redis
 
-from router_plugin.store.binary import require_redis_server, start_redis_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from router_plugin.store.binary import free_port, require_redis_server, start_redis_server
 
 
 def redis_server_binary() -> str:

@@ -37,20 +37,12 @@ from pathlib import Path
 
 import httpx
 
-from router_plugin.store.binary import redis_server_binary
+from router_plugin.store.binary import free_port, redis_server_binary
 
 REPO = Path(__file__).resolve().parents[1]
 
 # What every process that imports litellm needs offline (README "Habits": no network at import or first stream).
 OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "LITELLM_TELEMETRY": "False"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis7_binary() -> str | None:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 import redis
 
-from router_plugin.store.binary import require_redis_server, start_redis_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from router_plugin.store.binary import free_port, require_redis_server, start_redis_server
 
 
 def redis_server_binary() -> str:

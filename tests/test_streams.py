@@ -16,8 +16,8 @@ import pytest
 
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.events import Observer
 from router_plugin.installer import installed
+from tests.recorder import observe
 from router_plugin.sim.wire import reply_pieces
 from router_plugin.streams import StreamInterruptedError
 
@@ -97,24 +97,6 @@ def consume(router, **kw) -> Outcome:
 def router_for(sim, redis_url, chain=DEMO_CHAIN, **settings):
     return router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=chain,
                                                   **{**FAST, **settings}))
-
-
-class Events(Observer):
-    def __init__(self):
-        self.fails: list[tuple[str, str]] = []
-        self.wins: list[str] = []
-
-    def failed(self, plan, fact):
-        self.fails.append((plan.model, type(fact).__name__))
-
-    def succeeded(self, plan, total_tokens):
-        self.wins.append(plan.model)
-
-
-def observe(router) -> Events:
-    events = Events()
-    installed(router).events.add(events)
-    return events
 
 
 # ------------------------------------------------------------------------------------------------ broken streams

@@ -15,8 +15,8 @@ import pytest
 import router_plugin
 from router_plugin import circuit
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.events import Observer
 from router_plugin.installer import installed
+from tests.recorder import observe
 from router_plugin.strategy import ChainFailedError
 from router_plugin.timeouts import BudgetExceededError
 
@@ -58,28 +58,6 @@ async def _ask(router, stream=False, max_tokens=16, messages=MSG):
 
 def ask(router, **kw):
     return asyncio.run(_ask(router, **kw))
-
-
-class Events(Observer):
-    def __init__(self):
-        self.fails: list[tuple[str, str]] = []
-        self.wins: list[str] = []
-        self.routes: list[str] = []
-
-    def routed(self, group, plan, attempt, skipped, reservation):
-        self.routes.append(plan.model)
-
-    def failed(self, plan, fact):
-        self.fails.append((plan.model, type(fact).__name__))
-
-    def succeeded(self, plan, total_tokens):
-        self.wins.append(plan.model)
-
-
-def observe(router) -> Events:
-    events = Events()
-    installed(router).events.add(events)
-    return events
 
 
 def plan_of(router, index):

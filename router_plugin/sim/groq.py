@@ -28,8 +28,10 @@ from .gotime import go_duration
 from .limits import GroqBlock
 from .state import GroqSnapshot, SimState, key_hash
 from .streaming import StreamPlan, send_stream
-from .wire import (DEFAULT_MAX_TOKENS, bearer_key, completion_tokens, json_response, max_tokens_of, prompt_tokens,
-                   read_json, reply_pieces)
+from .wire import (
+    DEFAULT_MAX_TOKENS, ProviderHandler, bearer_key, completion_tokens, json_response, max_tokens_of, prompt_tokens,
+    read_json, reply_pieces,
+)
 
 __all__ = ["add_routes", "BASE"]
 
@@ -103,14 +105,8 @@ def _fingerprint(model: str) -> str:
     return "fp_" + hashlib.sha256(model.encode()).hexdigest()[:10]
 
 
-class _Handler:
-    def __init__(self, state: SimState) -> None:
-        self.state = state
-
-    def _reply(self, status: int, body: Any, *, model: str | None, h: str | None, stream: bool = False,
-               reason: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
-        self.state.record_response(PROVIDER, model, status, stream=stream, key_hash=h, reason=reason)
-        return json_response(status, body, headers)
+class _Handler(ProviderHandler):
+    PROVIDER = PROVIDER
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         key = bearer_key(request)

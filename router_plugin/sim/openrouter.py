@@ -24,8 +24,10 @@ from .catalog import OPENROUTER_FREE_ROUTER, OPENROUTER_MODELS, OpenRouterModel
 from .limits import PoolBlock
 from .state import AccountSettings, SimState, key_hash
 from .streaming import StreamPlan, send_stream
-from .wire import (bearer_key, completion_tokens, json_response, max_tokens_of, prompt_tokens, read_json,
-                   reply_pieces)
+from .wire import (
+    ProviderHandler, bearer_key, completion_tokens, json_response, max_tokens_of, prompt_tokens, read_json,
+    reply_pieces,
+)
 
 __all__ = ["add_routes", "BASE"]
 
@@ -120,14 +122,8 @@ def _usage(meta: OpenRouterModel, prompt: int, completion: int) -> dict[str, Any
             "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-class _Handler:
-    def __init__(self, state: SimState) -> None:
-        self.state = state
-
-    def _reply(self, status: int, body: Any, *, model: str | None, h: str | None, stream: bool = False,
-               reason: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
-        self.state.record_response(PROVIDER, model, status, stream=stream, key_hash=h, reason=reason)
-        return json_response(status, body, headers)
+class _Handler(ProviderHandler):
+    PROVIDER = PROVIDER
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         key = bearer_key(request)

@@ -79,3 +79,17 @@ def reply_pieces(model: str, n_tokens: int) -> list[str]:
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(),
                         content_type="application/json", headers=headers)
+
+
+class ProviderHandler:
+    """Base of one provider's request handlers: every reply is recorded in the simulator's stats as it is sent."""
+
+    PROVIDER = ""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def _reply(self, status: int, body: Any, *, model: str | None, h: str | None, stream: bool = False,
+               reason: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+        self.state.record_response(self.PROVIDER, model, status, stream=stream, key_hash=h, reason=reason)
+        return json_response(status, body, headers)

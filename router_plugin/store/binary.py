@@ -15,6 +15,15 @@ import time
 from functools import lru_cache
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def redis_version(binary: str) -> tuple[int, ...]:
     """``(7, 0, 15)`` for a redis-server binary; ``(0,)`` when it cannot be run or read."""
     try:
@@ -95,4 +104,4 @@ def start_redis_server(args: list[str], port: int, *, binary: str | None = None,
     raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port} (args: {' '.join(args)})")
 
 
-__all__ = ["redis_server_binary", "redis_version", "require_redis_server", "start_redis_server"]
+__all__ = ["free_port", "redis_server_binary", "redis_version", "require_redis_server", "start_redis_server"]
