@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -97,7 +98,61 @@ def install_stream_guard(router: Any, inst: Any) -> None:
         return await call.stream()
 
     router.acompletion = acompletion
+    sync_completion = router.completion
+
+    def completion(model: str, messages: list, stream: bool = False, **kwargs: Any):
+        """Sync calls: a plain reply takes LiteLLM's sync path (time limits from the transport); a stream runs the
+        guarded async stream above on the plugin's bridge loop and is read chunk by chunk, so a sync caller gets
+        the same idle limit, budget and continuation as an async one."""
+        if not stream:
+            return sync_completion(model=model, messages=messages, **kwargs)
+        loop = _bridge_loop()
+        guarded = asyncio.run_coroutine_threadsafe(
+            acompletion(model=model, messages=messages, stream=True, **kwargs), loop).result()
+        return SyncGuardedStream(guarded, loop)
+
+    router.completion = completion
     router.__dict__[_MARK] = True
+
+
+_bridge: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
+_bridge_lock = threading.Lock()
+
+
+def _bridge_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per process, in a daemon thread, for sync streams (started on first use)."""
+    global _bridge
+    with _bridge_lock:
+        if _bridge is None or not _bridge[1].is_alive():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="router_plugin-sync-streams", daemon=True)
+            thread.start()
+            _bridge = (loop, thread)
+        return _bridge[0]
+
+
+class SyncGuardedStream:
+    """A ``GuardedStream`` read from sync code: each ``next()`` waits for the next guarded chunk on the bridge loop.
+    Errors (``StreamInterruptedError``, ``BudgetExceededError``, ...) are raised from ``next()`` as they are."""
+
+    def __init__(self, stream: "GuardedStream", loop: asyncio.AbstractEventLoop):
+        self._stream = stream
+        self._loop = loop
+        self.model = getattr(stream, "model", None)
+        self._hidden_params = getattr(stream, "_hidden_params", {})
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return asyncio.run_coroutine_threadsafe(self._stream.__anext__(), self._loop).result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop reading early (the attempt in flight is abandoned, as with an async ``aclose()``)."""
+        asyncio.run_coroutine_threadsafe(self._stream.aclose(), self._loop).result()
 
 
 # --------------------------------------------------------------------------------------------- one call

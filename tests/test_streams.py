@@ -126,6 +126,56 @@ def test_stream_broken_mid_answer_is_continued_on_the_next_deployment(sim, redis
     assert [m for m, _ in events.fails] == [OR_A]
 
 
+def consume_sync(router, max_tokens=16, settled=None) -> Outcome:
+    """The same, through the sync ``router.completion(stream=True)`` (a Celery task, a script)."""
+    out, metadata = Outcome(), {}
+    start = time.monotonic()
+    try:
+        stream = router.completion(model=DEMO_GROUP, messages=MSG, max_tokens=max_tokens, stream=True,
+                                   stream_options={"include_usage": True}, metadata=metadata)
+        for chunk in stream:
+            if getattr(chunk, "usage", None) is not None:
+                out.usage = chunk.usage
+            if chunk.choices:
+                choice = chunk.choices[0]
+                if choice.delta.content:
+                    out.text += choice.delta.content
+                    out.models.append(chunk.model)
+                if choice.finish_reason:
+                    out.finishes.append(choice.finish_reason)
+    except Exception as exc:
+        out.error = exc
+    out.elapsed = time.monotonic() - start
+    out.info = dict(metadata.get("router_plugin") or {})
+    end = time.monotonic() + 5
+    while settled is not None and time.monotonic() < end and not settled():
+        time.sleep(0.05)
+    return out
+
+
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_sync_stream_broken_or_stalled_is_continued_like_an_async_one(sim, redis_url, fault):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": fault, "stall_s": 30}}})
+    router = router_for(sim, redis_url)
+    events = observe(router)
+    out = consume_sync(router, settled=lambda: events.wins)
+    assert out.error is None
+    assert out.text == half(OR_A) + "".join(reply_pieces(bare(OR_B), 8))
+    assert out.finishes == ["stop"]
+    assert (sent(sim, OR_A), sent(sim, OR_B), sent(sim, GQ_A)) == (1, 1, 0)
+    assert out.info["model"] == OR_B and out.info["attempts"] == 2 and out.info["continued"] is True
+    assert out.elapsed < 5  # stream_idle_s = 1, not the 30 s stall
+    assert events.wins == [OR_B] and [m for m, _ in events.fails] == [OR_A]
+
+
+def test_sync_stream_that_cannot_be_finished_raises_instead_of_ending(sim, redis_url):
+    sim.configure({"models": {bare(m): {"stream_fault": "cut"} for m in DEMO_CHAIN}})
+    router = router_for(sim, redis_url)
+    out = consume_sync(router)
+    assert isinstance(out.error, StreamInterruptedError), out.error
+    assert out.finishes == []  # the iterator never ended as if the answer were complete
+
+
 def test_stalled_stream_is_cut_at_the_idle_limit_and_continued(sim, redis_url):
     sim.configure({"models": {bare(OR_A): {"stream_fault": "stall", "stall_s": 30}}})
     router = router_for(sim, redis_url)
