@@ -5,7 +5,8 @@ only falls back *before* the first chunk; once content was generated it re-raise
 that ends orderly without a finish chunk is handed to the caller with a synthetic ``finish_reason: "stop"`` — a
 truncated answer that looks complete. It has no idle limit either: a stalled stream holds the caller until the
 transport gives up. So the plugin wraps ``Router.acompletion`` for ``stream=True`` (SDK and proxy alike; the
-proxy calls the same method) and walks the stream itself:
+proxy calls the same method; a sync ``Router.completion(stream=True)`` reads the same guarded stream from a
+background event loop, ``SyncGuardedStream``) and walks the stream itself:
 
 * **first token / stall** — the first content chunk must arrive within ``timeouts.first_token_s`` of the attempt's
   start, each later chunk within ``timeouts.stream_idle_s`` of the previous one, all inside ``timeouts.total_s``.
