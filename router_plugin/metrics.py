@@ -185,6 +185,10 @@ class QuotaCollector:
             if not any(r() is router for r in self._routers):
                 self._routers.append(weakref.ref(router))
 
+    def remove(self, router: Any) -> None:
+        with _lock:
+            self._routers = [r for r in self._routers if r() is not None and r() is not router]
+
     def describe(self) -> list:
         return list(self._families())
 
@@ -323,3 +327,15 @@ def enable(router: Any, port: int | None = None, addr: str = "0.0.0.0") -> Metri
     if port is not None:
         serve(port, addr)
     return observer
+
+
+def disable(router: Any) -> None:
+    """Stop counting ``router``'s requests and reporting its pools (a router you are done with: LiteLLM itself
+    keeps every Router alive, so a dropped one would otherwise stay on ``/metrics``)."""
+    from .installer import installed
+
+    inst = installed(router)
+    if inst is not None:
+        inst.events.observers[:] = [o for o in inst.events.observers if not isinstance(o, MetricsObserver)]
+    if _collector is not None:
+        _collector.remove(router)

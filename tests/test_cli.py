@@ -16,12 +16,13 @@ import router_plugin
 from router_plugin.cli import CLEAR, main
 from router_plugin.config import load_config
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
+from tests.fake_keys import openrouter_key
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
-FAKE_OR_KEY = "sk-or-v1-FAKE-cli-0123456789abcdef-must-never-be-printed"
+FAKE_OR_KEY = openrouter_key("FAKE-cli-0123456789abcdef-must-never-be-printed")
 
 
 def bare(model: str) -> str:

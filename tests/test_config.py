@@ -7,6 +7,7 @@ import pytest
 from router_plugin.config import load_config
 from router_plugin.errors import ConfigError
 from router_plugin.limits import PlanInputs, plan_for
+from tests.fake_keys import openrouter_key
 
 GOOD = {
     "model_list": [
@@ -123,5 +124,5 @@ def test_missing_file():
 
 def test_api_key_never_reaches_the_plan():
     p = plan_for(GOOD["model_list"][0] | {"litellm_params": {"model": "openrouter/deepseek/deepseek-r1:free",
-                                                              "api_key": "sk-or-v1-secretsecret"}}, PlanInputs())
+                                                              "api_key": openrouter_key("secretsecret")}}, PlanInputs())
     assert "secret" not in repr(p)

@@ -17,14 +17,15 @@ import router_plugin
 from router_plugin import metrics
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.installer import installed
+from tests.fake_keys import groq_key, openrouter_key
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
-FAKE_OR_KEY = "sk-or-v1-FAKE-log-test-0123456789abcdef0123456789abcdef"
-FAKE_GROQ_KEY = "gsk_FAKElogtest0123456789abcdefghijklmnopqrstuvwxyzAB"
+FAKE_OR_KEY = openrouter_key("FAKE-log-test-" + "0123456789abcdef" * 2)
+FAKE_GROQ_KEY = groq_key("FAKElogtest" + "0123456789" + "abcdefghijklmnopqrstuvwxyzAB")
 
 
 def bare(model: str) -> str:
@@ -136,6 +137,10 @@ def test_metrics_from_settings_and_a_store_that_is_down(sim, redis_url):
     got = scrape(port)  # the scrape still answers; the store that did not is flagged
     assert got[("router_plugin_store_up", ())] == 0
     assert ("router_plugin_quota_limit", L(pool=GQ_B, limit="tokens/min")) in got
+    metrics.disable(down)  # a router one is done with leaves /metrics (LiteLLM itself never frees a Router)
+    got = scrape(port)
+    assert got[("router_plugin_store_up", ())] == 1
+    assert not any(isinstance(o, metrics.MetricsObserver) for o in installed(down).events.observers)
 
     plain = litellm.Router(model_list=[{"model_name": "x", "litellm_params": {"model": GQ_A, "api_key": "k"}}])
     with pytest.raises(ValueError, match="install the plugin first"):

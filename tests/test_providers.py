@@ -30,6 +30,7 @@ from router_plugin.providers import (
     openrouter,
 )
 from router_plugin.providers._common import first_json_object, scrub
+from tests.fake_keys import OPENAI_STYLE, groq_key, openrouter_key
 
 FACT_TYPES = (
     Exhausted,
@@ -824,7 +825,8 @@ def test_classify_exception_with_real_litellm_exceptions():
 
 @pytest.mark.parametrize(
     "secret",
-    ["sk-or-v1-abcdef0123456789abcdef", "gsk_ABCdef0123456789xyz", "sk-abcdefghijklmnopqrstu", "Bearer tok.en-123"],
+    [openrouter_key("abcdef0123456789abcdef"), groq_key("ABCdef0123456789xyz"), OPENAI_STYLE + "abcdefghijklmnopqrstu",
+     "Bearer tok.en-123"],
 )
 def test_details_never_contain_api_keys(secret):
     body = {"error": {"message": f"Invalid key {secret} for org_01abc", "code": 401}}

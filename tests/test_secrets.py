@@ -33,20 +33,21 @@ from router_plugin.events import Observer
 from router_plugin.limits import PlanInputs, plan_for
 from router_plugin.store import Reservation, SyncQuotaStore, resolve_target
 from router_plugin.store.resilient import open_resilient
+from tests.fake_keys import groq_key, openrouter_key
 from tests.servers import RedisServer, redis_server_binary
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
-OR_KEY = "sk-or-v1-CANARY" + "7f3a9c2e" * 7
-GQ_KEY = "gsk_CANARY" + "b4d2e1a9" * 7
+OR_KEY = openrouter_key("CANARY" + "7f3a9c2e" * 7)
+GQ_KEY = groq_key("CANARY" + "b4d2e1a9" * 7)
 REDIS_PASSWORD = "redis-pw-CANARY-5e6f7a8b9c"
 
 
 def needles() -> list[str]:
     """The keys, and every 10-character piece of their secret parts: a partly masked key is still a leak."""
     out = {OR_KEY, GQ_KEY, REDIS_PASSWORD}
-    for secret in (OR_KEY[len("sk-or-v1-CANARY"):], GQ_KEY[len("gsk_CANARY"):], REDIS_PASSWORD[-10:]):
+    for secret in (OR_KEY[len(openrouter_key("CANARY")):], GQ_KEY[len(groq_key("CANARY")):], REDIS_PASSWORD[-10:]):
         out.update(secret[i:i + 10] for i in range(0, len(secret) - 9))
     return sorted(out)
 
@@ -213,7 +214,10 @@ def test_keys_never_leak_anywhere(sim, all_logs, tmp_path, monkeypatch, capfd, s
     import router_plugin.metrics as metrics
 
     metrics.enable(router)
-    exposition = prometheus_client.generate_latest(metrics.registry()).decode()
+    try:
+        exposition = prometheus_client.generate_latest(metrics.registry()).decode()
+    finally:
+        metrics.disable(router)  # its Redis stops with this test: later scrapes must not read it
     assert "router_plugin_quota_remaining" in exposition and "account " in exposition
     status_out = io.StringIO()
     from router_plugin.cli import main as cli

@@ -23,11 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from router_plugin.sim import (ConfigError, ManualClock, SimState, build_app, go_duration, key_hash,  # noqa: E402
                                parse_go_duration, start_sim)
+from tests.fake_keys import openrouter_key  # noqa: E402
 
 T0 = 1_800_000_005.0  # 5 s into a clock minute (1_800_000_000 is a minute boundary), 2027-01-15 08:00:05Z
 NEXT_MINUTE_MS = 1_800_000_060_000
 NEXT_MIDNIGHT_MS = 1_800_057_600_000  # 2027-01-16T00:00:00Z
-KEY = "sk-or-v1-secret-test-key"
+KEY = openrouter_key("secret-test-key")
 MSG = [{"role": "user", "content": "hi"}]  # 1 message, 2 chars -> ceil(2/4) + 4 = 5 prompt tokens
 UPGRADE = "Upgrade to Dev Tier today at https://console.groq.com/settings/billing"
 
