@@ -224,19 +224,14 @@ class Dispatch(CustomLogger):
 
         with self._lock:
             self._by_owner[callbacks.owner] = callbacks
-            if self not in litellm.callbacks:  # also after a test or an app cleared LiteLLM's lists
-                litellm.logging_callback_manager.add_litellm_callback(self)
-            # LiteLLM moves a CustomLogger from ``callbacks`` into the async lists on the next call, unless those are
-            # full: every stock Router adds methods of its own there and is never freed, so a process that built
-            # 100 Routers has no room left, and LiteLLM would drop this one entry with a warning. Without it nothing
-            # is settled and no failure is recorded, so the plugin puts its single entry there itself.
+            # Checked on every install (a test or an app may have cleared LiteLLM's lists). Not through
+            # logging_callback_manager: it refuses lists that are full, and every stock Router adds methods of its
+            # own to the async lists and is never freed, so a process that built 100 Routers has no room left.
+            # Without this one entry nothing is settled and no failure is recorded.
             for name in ("callbacks", "_async_success_callback", "_async_failure_callback"):
                 registered = getattr(litellm, name)
                 if self not in registered:
                     registered.append(self)
-
-    def registered(self) -> int:
-        return len(self._by_owner)
 
     def _target(self, kwargs: Mapping[str, Any]) -> QuotaCallbacks | None:
         state = _metadata_of(kwargs).get(METADATA_KEY)
