@@ -11,7 +11,7 @@ import tempfile
 
 import redis
 
-from router_plugin.store.binary import free_port, require_redis_server, start_redis_server
+from router_plugin.store.binary import free_port, require_redis_server, start_redis_server, stop_redis_server
 
 
 def redis_server_binary() -> str:
@@ -54,13 +54,7 @@ class RedisServer:
             c.close()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_redis_server(self.proc)
         self._dir.cleanup()
 
     def __enter__(self) -> "RedisServer":

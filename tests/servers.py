@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from router_plugin.store.binary import free_port, require_redis_server, start_redis_server
+from router_plugin.store.binary import free_port, require_redis_server, start_redis_server, stop_redis_server
 
 
 def redis_server_binary() -> str:
@@ -34,9 +34,4 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_redis_server(self.proc)

@@ -1,9 +1,32 @@
-"""An observer that records what a Router's plugin reported: routes, failures, completions (see events.py)."""
+"""What the stream and time-limit tests share: fast time limits, the simulator's request counts, and an observer
+that records what a Router's plugin reported (routes, failures, completions; see events.py)."""
 
 from __future__ import annotations
 
 from router_plugin.events import Observer
 from router_plugin.installer import installed
+from router_plugin.sim.wire import reply_pieces
+
+
+#: Time limits small enough that a silent or stalled deployment is left within a test's patience.
+FAST = {"timeouts": {"connect_s": 1.0, "first_token_s": 1.5, "stream_idle_s": 1.0, "total_s": 10.0}}
+
+
+def bare(model: str) -> str:
+    """``openrouter/deepseek/deepseek-r1:free`` -> ``deepseek/deepseek-r1:free`` (the simulator's model name)."""
+    return model.split("/", 1)[1]
+
+
+def sent(sim, model: str) -> int:
+    """Requests the simulator received for ``model``."""
+    return sim.stats()["requests"][model.split("/", 1)[0]].get(bare(model), 0)
+
+
+def half(model: str, n: int = 16) -> str:
+    """What a faulty simulated stream delivers before it breaks: the first half of its content events (a Groq
+    stream's first event is the role chunk, with no text)."""
+    events = ([""] if model.startswith("groq/") else []) + reply_pieces(bare(model), n)
+    return "".join(events[: max(1, len(events) // 2)])
 
 
 class Recorder(Observer):

@@ -15,15 +15,12 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.installer import installed
 from router_plugin.report import open_store, take_snapshot
 from router_plugin.sim.catalog import OPENROUTER_MODELS
+from tests.support import bare
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
 
 
 def calibrator_of(router) -> Calibrator:

@@ -17,16 +17,13 @@ from router_plugin.cli import CLEAR, main
 from router_plugin.config import load_config
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from tests.fake_keys import openrouter_key
+from tests.support import bare
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
 FAKE_OR_KEY = openrouter_key("FAKE-cli-0123456789abcdef-must-never-be-printed")
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
 
 
 def write_config(tmp_path, sim, redis_url, name="config.yaml", **kw) -> str:

@@ -19,6 +19,7 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.installer import installed
 from tests.fake_keys import groq_key, openrouter_key
 from tests.servers import free_port
+from tests.support import bare
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +27,6 @@ OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
 FAKE_OR_KEY = openrouter_key("FAKE-log-test-" + "0123456789abcdef" * 2)
 FAKE_GROQ_KEY = groq_key("FAKElogtest" + "0123456789" + "abcdefghijklmnopqrstuvwxyzAB")
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
 
 
 async def ask(router) -> dict:

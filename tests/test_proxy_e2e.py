@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from router_plugin.demo import wait_for_fresh_minute
-from router_plugin.store.binary import start_redis_server
+from router_plugin.store.binary import start_redis_server, stop_redis_server
 from tests.proxy_harness import REPO, ProxyProcess, free_port, redis7_binary, strong_master_key
 from tests.test_compose import compose_env, option, repo_path_of, service_command
 
@@ -75,13 +75,7 @@ class ComposeRedis:
                                        password=self.password)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: Redis flushes the AOF and exits, as on `docker compose stop`
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_redis_server(self.proc, timeout_s=15)  # SIGTERM flushes the AOF, as on `docker compose stop`
         self.proc = None
 
 

@@ -12,20 +12,12 @@ import pytest
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst
 from router_plugin.installer import installed
+from tests.support import bare, sent
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
-
-
-def sim_requests(sim, model: str) -> int:
-    provider = model.split("/", 1)[0]
-    return sim.stats()["requests"][provider].get(bare(model), 0)
 
 
 def provider_429s(sim) -> int:
@@ -67,11 +59,11 @@ def test_one_day_429_stops_every_worker_from_sending_free_requests(sim, redis_ur
     response, info = asyncio.run(ask(router))
     assert info["model"] == GQ_A and info["attempts"] == 2  # the 429 fell over to Groq in the same request
     assert sim.stats()["rate_limited"]["openrouter"] == 1
-    free_requests_before = sim_requests(sim, OR_A) + sim_requests(sim, OR_B)
+    free_requests_before = sent(sim, OR_A) + sent(sim, OR_B)
 
     result = run_burst(config, workers=3, per_worker=5)
     assert len(result.served) == 15 and all(o.model.startswith("groq/") for o in result.served)
-    assert sim_requests(sim, OR_A) + sim_requests(sim, OR_B) == free_requests_before  # nobody tried again
+    assert sent(sim, OR_A) + sent(sim, OR_B) == free_requests_before  # nobody tried again
     inst = installed(router)
     blocked = inst.sync_store.peek(inst.plans.plan(router.model_list[1]))
     midnight = (time.time() // 86400 + 1) * 86400
@@ -89,7 +81,7 @@ def test_gone_model_is_quarantined_for_every_worker(sim, redis_url, caplog):
 
     result = run_burst(config, workers=3, per_worker=4)
     assert len(result.served) == 12
-    assert sim_requests(sim, OR_A) == 1  # the one 404, then never again from any worker
+    assert sent(sim, OR_A) == 1  # the one 404, then never again from any worker
     assert OR_A not in result.served_by()
 
 
@@ -100,7 +92,7 @@ def test_upstream_busy_cools_only_that_model_not_the_account(sim, redis_url):
     assert info["model"] == OR_B  # the other :free model of the same account still serves
     _, info = asyncio.run(ask(router))
     assert info["model"] == OR_B and info["attempts"] == 1
-    assert sim_requests(sim, OR_A) == 1
+    assert sent(sim, OR_A) == 1
 
 
 def test_server_error_gets_a_short_cooldown_and_fails_over(sim, redis_url):
@@ -127,7 +119,7 @@ def test_deployment_whose_context_is_too_small_is_skipped_unsent(sim, redis_url)
 
     info = asyncio.run(go())
     assert info["model"] == GQ_A
-    assert sim_requests(sim, OR_A) == sim_requests(sim, OR_B) == 0
+    assert sent(sim, OR_A) == sent(sim, OR_B) == 0
 
 
 def test_refusal_names_each_pool_and_sets_retry_after(sim, redis_url):
@@ -136,14 +128,14 @@ def test_refusal_names_each_pool_and_sets_retry_after(sim, redis_url):
     router = router_plugin.build_router(config)
     asyncio.run(ask(router))
     asyncio.run(ask(router))
-    sent = sim_requests(sim, OR_A) + sim_requests(sim, OR_B)
+    before = sent(sim, OR_A) + sent(sim, OR_B)
     with pytest.raises(router_plugin.QuotaExhaustedError) as err:
         asyncio.run(ask(router))
     assert isinstance(err.value, litellm.RateLimitError) and err.value.status_code == 429
     assert "OpenRouter free requests/min (account" in str(err.value) and "exhausted until" in str(err.value)
     assert str(err.value).count("OpenRouter free requests/min") == 1  # one pool, named once
     assert 1 <= int(err.value.headers["retry-after"]) <= 60
-    assert sim_requests(sim, OR_A) + sim_requests(sim, OR_B) == sent  # nothing was sent
+    assert sent(sim, OR_A) + sent(sim, OR_B) == before  # nothing was sent
 
 
 def test_max_wait_waits_for_the_earliest_reset_instead_of_failing(sim, redis_url):
@@ -159,9 +151,9 @@ def test_max_wait_waits_for_the_earliest_reset_instead_of_failing(sim, redis_url
         pass
     with pytest.raises(router_plugin.QuotaExhaustedError):
         asyncio.run(ask(impatient))
-    assert sim_requests(sim, GQ_B) == 0
+    assert sent(sim, GQ_B) == 0
     _, info = asyncio.run(ask(patient))  # waits ~1.5 s for the refill instead of failing
-    assert info["model"] == GQ_B and sim_requests(sim, GQ_B) == 1
+    assert info["model"] == GQ_B and sent(sim, GQ_B) == 1
 
 
 def test_streaming_request_is_reserved_and_settled(sim, redis_url):

@@ -17,31 +17,14 @@ import pytest
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.installer import installed
-from tests.recorder import observe
 from router_plugin.sim.wire import reply_pieces
 from router_plugin.streams import StreamInterruptedError
+from tests.support import FAST, bare, half, observe, sent
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
-FAST = {"timeouts": {"connect_s": 1.0, "first_token_s": 1.5, "stream_idle_s": 1.0, "total_s": 10.0}}
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
-
-
-def sent(sim, model: str) -> int:
-    return sim.stats()["requests"][model.split("/", 1)[0]].get(bare(model), 0)
-
-
-def half(model: str, n: int = 16) -> str:
-    """What a faulty simulated stream delivers before it breaks: the first half of its content events (a Groq
-    stream's first event is the role chunk, with no text)."""
-    events = ([""] if model.startswith("groq/") else []) + reply_pieces(bare(model), n)
-    return "".join(events[: max(1, len(events) // 2)])
-
 
 def rest(model: str, after: str, n: int = 16) -> str:
     """What ``model`` streams when asked to continue ``after``: max_tokens reduced by the pieces delivered."""
@@ -62,6 +45,18 @@ class Outcome:
     info: dict = field(default_factory=dict)
     elapsed: float = 0.0
 
+    def add(self, chunk) -> None:
+        """What the caller sees of one chunk."""
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
+        if chunk.choices:
+            choice = chunk.choices[0]
+            if choice.delta.content:
+                self.text += choice.delta.content
+                self.models.append(chunk.model)
+            if choice.finish_reason:
+                self.finishes.append(choice.finish_reason)
+
 
 async def _consume(router, max_tokens=16, messages=MSG, settled=None, **kw) -> Outcome:
     out, metadata = Outcome(), {}
@@ -70,15 +65,7 @@ async def _consume(router, max_tokens=16, messages=MSG, settled=None, **kw) -> O
         stream = await router.acompletion(model=DEMO_GROUP, messages=messages, max_tokens=max_tokens, stream=True,
                                           stream_options={"include_usage": True}, metadata=metadata, **kw)
         async for chunk in stream:
-            if getattr(chunk, "usage", None) is not None:
-                out.usage = chunk.usage
-            if chunk.choices:
-                choice = chunk.choices[0]
-                if choice.delta.content:
-                    out.text += choice.delta.content
-                    out.models.append(chunk.model)
-                if choice.finish_reason:
-                    out.finishes.append(choice.finish_reason)
+            out.add(chunk)
     except Exception as exc:
         out.error = exc
     out.elapsed = time.monotonic() - start
@@ -134,15 +121,7 @@ def consume_sync(router, max_tokens=16, settled=None) -> Outcome:
         stream = router.completion(model=DEMO_GROUP, messages=MSG, max_tokens=max_tokens, stream=True,
                                    stream_options={"include_usage": True}, metadata=metadata)
         for chunk in stream:
-            if getattr(chunk, "usage", None) is not None:
-                out.usage = chunk.usage
-            if chunk.choices:
-                choice = chunk.choices[0]
-                if choice.delta.content:
-                    out.text += choice.delta.content
-                    out.models.append(chunk.model)
-                if choice.finish_reason:
-                    out.finishes.append(choice.finish_reason)
+            out.add(chunk)
     except Exception as exc:
         out.error = exc
     out.elapsed = time.monotonic() - start

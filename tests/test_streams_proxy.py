@@ -16,6 +16,7 @@ import yaml
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.sim.wire import reply_pieces
 from tests.proxy_harness import ProxyProcess, strong_master_key
+from tests.support import bare, half, sent
 
 pytestmark = pytest.mark.integration
 
@@ -25,19 +26,6 @@ SOLO = "solo"  # a group of one deployment (GQ_B): nothing to fail over to
 WIDE = "wide"  # GQ_A (claims 300k context), OR_B (claims 250k), Gemini (1M)
 # Tight limits so that the budget test can spend the budget: a silent non-streamed attempt gets 0.8 + 1.2 s.
 TIMEOUTS = {"connect_s": 0.8, "first_token_s": 1.2, "stream_idle_s": 0.8, "total_s": 3.5}
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
-
-
-def sent(sim, model: str) -> int:
-    return sim.stats()["requests"][model.split("/", 1)[0]].get(bare(model), 0)
-
-
-def half(model: str, n: int = 16) -> str:
-    events = ([""] if model.startswith("groq/") else []) + reply_pieces(bare(model), n)
-    return "".join(events[: max(1, len(events) // 2)])
 
 
 @pytest.fixture(scope="module")

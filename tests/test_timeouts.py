@@ -16,25 +16,15 @@ import router_plugin
 from router_plugin import circuit
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.installer import installed
-from tests.recorder import observe
 from router_plugin.strategy import ChainFailedError
 from router_plugin.timeouts import BudgetExceededError
+from tests.support import FAST, bare, observe, sent
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 GEMINI = "openrouter/google/gemini-2.0-flash-exp:free"
 MSG = [{"role": "user", "content": "hello"}]
-FAST = {"timeouts": {"connect_s": 1.0, "first_token_s": 1.5, "stream_idle_s": 1.0, "total_s": 10.0}}
-
-
-def bare(model: str) -> str:
-    return model.split("/", 1)[1]
-
-
-def sent(sim, model: str) -> int:
-    return sim.stats()["requests"][model.split("/", 1)[0]].get(bare(model), 0)
-
 
 def router_for(sim, redis_url, chain=DEMO_CHAIN, **settings):
     merged = {**FAST, **settings}

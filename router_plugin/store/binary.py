@@ -104,4 +104,16 @@ def start_redis_server(args: list[str], port: int, *, binary: str | None = None,
     raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port} (args: {' '.join(args)})")
 
 
-__all__ = ["free_port", "redis_server_binary", "redis_version", "require_redis_server", "start_redis_server"]
+def stop_redis_server(proc: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM (Redis flushes its AOF and exits), then SIGKILL if it has not exited within ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+__all__ = ["free_port", "redis_server_binary", "redis_version", "require_redis_server", "start_redis_server", "stop_redis_server"]

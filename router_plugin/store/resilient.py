@@ -204,6 +204,20 @@ class StoreGuard:
         )
         return replay
 
+    def answered(self, result: Any) -> Replay | None:
+        """A call to Redis returned ``result``: note what it says; if Redis was down until now, what to replay."""
+        if isinstance(result, (Reservation, Blocked)):
+            self.seen(result)
+        return self.recovered()
+
+    def call_failed(self, action: str, exc: BaseException) -> None:
+        """A call to Redis failed: open the circuit. fail_closed raises the ``StoreError``; fail_open returns (the
+        caller serves from the local share)."""
+        error = _as_store_error(self.target, action, exc)
+        self.failed(error)
+        if self.mode == FAIL_CLOSED:
+            raise error from exc
+
     def replay_failed(self, replay: Replay, error: StoreError) -> None:
         with self._lock:
             self._pending.merge(replay)
@@ -467,14 +481,9 @@ class ResilientQuotaStore(QuotaStore):
                 # take seconds of wall time in several short waits, and calling that an outage over-admitted.
                 result = await self._call_through_lag(call)
             except _ASYNC_FAILURES as exc:
-                error = _as_store_error(self.target, action, exc)
-                guard.failed(error)
-                if guard.mode == FAIL_CLOSED:
-                    raise error from exc
+                guard.call_failed(action, exc)
             else:
-                if isinstance(result, (Reservation, Blocked)):
-                    guard.seen(result)
-                replay = guard.recovered()
+                replay = guard.answered(result)
                 if replay:
                     self._start_replay(replay)
                 return result
@@ -619,14 +628,9 @@ class ResilientSyncQuotaStore(SyncQuotaStore):
             try:
                 result = call()  # bounded by the client's socket timeouts (= redis_timeout_s), no retry sleeps
             except (StoreError, *STORE_FAILURES) as exc:
-                error = _as_store_error(self.target, action, exc)
-                guard.failed(error)
-                if guard.mode == FAIL_CLOSED:
-                    raise error from exc
+                guard.call_failed(action, exc)
             else:
-                if isinstance(result, (Reservation, Blocked)):
-                    guard.seen(result)
-                replay = guard.recovered()
+                replay = guard.answered(result)
                 if replay:
                     try:
                         for plan, ops in replay.adjust.values():
