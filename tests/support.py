@@ -18,8 +18,10 @@ def bare(model: str) -> str:
 
 
 def sent(sim, model: str) -> int:
-    """Requests the simulator received for ``model``."""
-    return sim.stats()["requests"][model.split("/", 1)[0]].get(bare(model), 0)
+    """Requests the simulator received for ``model`` (a generic ``openai/<id>`` deployment is served by the
+    simulator's OpenAI-compatible Groq surface, ``/openai/v1``)."""
+    provider = model.split("/", 1)[0]
+    return sim.stats()["requests"]["groq" if provider == "openai" else provider].get(bare(model), 0)
 
 
 def half(model: str, n: int = 16) -> str:
@@ -27,6 +29,12 @@ def half(model: str, n: int = 16) -> str:
     stream's first event is the role chunk, with no text)."""
     events = ([""] if model.startswith("groq/") else []) + reply_pieces(bare(model), n)
     return "".join(events[: max(1, len(events) // 2)])
+
+
+def whole(model: str, n: int = 16) -> str:
+    """``model``'s whole simulated reply; also what a broken stream of it reads once continued elsewhere (the
+    simulator continues a given partial answer word for word)."""
+    return "".join(reply_pieces(bare(model), n))
 
 
 class Recorder(Observer):

@@ -23,14 +23,14 @@ from typing import Any
 
 from aiohttp import web
 
+from .answers import Answer
 from .catalog import GROQ_MODELS, GROQ_RETIRED, GroqModel
 from .gotime import go_duration
 from .limits import GroqBlock
 from .state import GroqSnapshot, SimState, key_hash
 from .streaming import StreamPlan, send_stream
 from .wire import (
-    DEFAULT_MAX_TOKENS, ProviderHandler, bearer_key, completion_tokens, json_response, max_tokens_of, prompt_tokens,
-    read_json, reply_pieces,
+    DEFAULT_MAX_TOKENS, ProviderHandler, bearer_key, json_response, max_tokens_of, prompt_tokens, read_json,
 )
 
 __all__ = ["add_routes", "BASE"]
@@ -175,18 +175,18 @@ class _Handler(ProviderHandler):
                 self.state.groq_refund(h, model, requested)
             type_ = "internal_server_error" if status >= 500 else "invalid_request_error"
             return fail(status, _error(_status_text(status), type_), "status")
-        completion = completion_tokens(max_tokens)
-        self.state.groq_settle(h, model, prompt + completion - requested)
         n = self.state.next_id()
+        answer = Answer(body, model, max_tokens, call_id=f"call_sim{n:020d}")
+        completion = answer.completion_tokens
+        self.state.groq_settle(h, model, prompt + completion - requested)
         ids = {"id": f"chatcmpl-sim{n:020d}", "req": f"req_01sim{n:020d}", "created": int(self.state.now())}
         if sw.error_200 is not None and not stream:
             return fail(200, _error(_status_text(sw.error_200), "internal_server_error"),
                         "error_200", headers)
         if not stream:
-            text = "".join(reply_pieces(model, completion))
             out = {"id": ids["id"], "object": "chat.completion", "created": ids["created"], "model": model,
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                                "finish_reason": "stop"}],
+                   "choices": [{"index": i, "message": answer.message(), "logprobs": None,
+                                "finish_reason": answer.finish} for i in range(answer.n)],
                    "usage": _usage(prompt, completion), "usage_breakdown": None,
                    "system_fingerprint": _fingerprint(model), "x_groq": {"id": ids["req"]},
                    "service_tier": "on_demand"}
@@ -194,21 +194,23 @@ class _Handler(ProviderHandler):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         fault = "error_chunk" if sw.error_200 is not None else sw.stream_fault
         self.state.record_response(PROVIDER, model, 200, stream=True, key_hash=h, reason=fault)
-        plan = self._stream_plan(meta, ids, prompt, completion, include_usage, headers)
+        plan = self._stream_plan(meta, ids, prompt, answer, include_usage, headers)
         return await send_stream(request, plan, fault, sw.stall_s)
 
     @staticmethod
-    def _stream_plan(meta: GroqModel, ids: dict[str, Any], prompt: int, completion: int, include_usage: bool,
+    def _stream_plan(meta: GroqModel, ids: dict[str, Any], prompt: int, answer: Answer, include_usage: bool,
                      headers: dict[str, str]) -> StreamPlan:
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0, **extra: Any) -> dict[str, Any]:
             return {"id": ids["id"], "object": "chat.completion.chunk", "created": ids["created"], "model": meta.id,
                     "system_fingerprint": _fingerprint(meta.id),
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+                    "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
 
-        usage = _usage(prompt, completion)
-        content = [chunk({"role": "assistant", "content": ""}, x_groq={"id": ids["req"]}, service_tier="on_demand")]
-        content += [chunk({"content": p}) for p in reply_pieces(meta.id, completion)]
-        tail = [chunk({}, "stop", x_groq={"id": ids["req"], "usage": usage})]
+        usage = _usage(prompt, answer.completion_tokens)
+        steps = answer.stream(role_first=True)
+        content = [chunk(d, index=i, x_groq={"id": ids["req"]}, service_tier="on_demand") if k < answer.n
+                   else chunk(d, index=i) for k, (i, d) in enumerate(steps)]
+        tail = [chunk({}, answer.finish, index=i) for i in range(1, answer.n)]
+        tail.insert(0, chunk({}, answer.finish, x_groq={"id": ids["req"], "usage": usage}))
         if include_usage:
             tail.append({**chunk({}), "choices": [], "usage": usage})
         error = _error("Service Unavailable", "internal_server_error")

@@ -20,13 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
+from .answers import Answer
 from .catalog import OPENROUTER_FREE_ROUTER, OPENROUTER_MODELS, OpenRouterModel
 from .limits import PoolBlock
 from .state import AccountSettings, SimState, key_hash
 from .streaming import StreamPlan, send_stream
 from .wire import (
-    ProviderHandler, bearer_key, completion_tokens, json_response, max_tokens_of, prompt_tokens, read_json,
-    reply_pieces,
+    ProviderHandler, bearer_key, json_response, max_tokens_of, prompt_tokens, read_json,
 )
 
 __all__ = ["add_routes", "BASE"]
@@ -181,39 +181,43 @@ class _Handler(ProviderHandler):
         status = self.state.take_status(model)
         if status is not None:
             return fail(status, forced_status(status, served, h), "status")
-        completion = completion_tokens(max_tokens)
-        gen_id = f"gen-{int(self.state.now())}-{self.state.next_id():020d}"
+        seq = self.state.next_id()
+        answer = Answer(body, served.id, max_tokens, call_id=f"call_sim{seq:020d}")
+        completion = answer.completion_tokens
+        gen_id = f"gen-{int(self.state.now())}-{seq:020d}"
         created = int(self.state.now())
         if not stream:
             if sw.error_200 is not None:
                 return fail(200, _error_in_200(sw.error_200, served, h), "error_200")
-            text = "".join(reply_pieces(served.id, completion))
             out = {"id": gen_id, "provider": served.provider, "model": served.id, "object": "chat.completion",
                    "created": created,
-                   "choices": [{"logprobs": None, "finish_reason": "stop", "native_finish_reason": "stop", "index": 0,
-                                "message": {"role": "assistant", "content": text, "refusal": None,
-                                            "reasoning": None}}],
+                   "choices": [{"logprobs": None, "finish_reason": answer.finish,
+                                "native_finish_reason": answer.finish, "index": i,
+                                "message": {**answer.message(), "refusal": None, "reasoning": None}}
+                               for i in range(answer.n)],
                    "usage": _usage(served, prompt, completion)}
             return fail(200, out, None)
         self.state.record_response(PROVIDER, model, 200, stream=True, key_hash=h,
                                    reason="error_200" if sw.error_200 is not None else sw.stream_fault)
-        plan = self._stream_plan(gen_id, created, served, prompt, completion, sw.error_200)
+        plan = self._stream_plan(gen_id, created, served, prompt, answer, sw.error_200)
         fault = "error_chunk" if sw.error_200 is not None else sw.stream_fault
         return await send_stream(request, plan, fault, sw.stall_s)
 
     @staticmethod
-    def _stream_plan(gen_id: str, created: int, meta: OpenRouterModel, prompt: int, completion: int,
+    def _stream_plan(gen_id: str, created: int, meta: OpenRouterModel, prompt: int, answer: Answer,
                      error_code: int | None) -> StreamPlan:
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0, **extra: Any) -> dict[str, Any]:
             return {"id": gen_id, "provider": meta.provider, "model": meta.id, "object": "chat.completion.chunk",
                     "created": created,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "native_finish_reason": finish,
-                                 "logprobs": None}], **extra}
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                                 "native_finish_reason": finish, "logprobs": None}], **extra}
 
-        pieces = [] if error_code is not None else reply_pieces(meta.id, completion)
-        content = [chunk({"role": "assistant", "content": p}) for p in pieces]
-        tail = [chunk({"role": "assistant", "content": ""}, "stop"),
-                {**chunk({"role": "assistant", "content": ""}), "choices": [], "usage": _usage(meta, prompt, completion)}]
+        steps = [] if error_code is not None else answer.stream(role_first=False)
+        content = [chunk(d, index=i) for i, d in steps]
+        completion = answer.completion_tokens
+        tail = [chunk({"role": "assistant", "content": ""}, answer.finish, index=i) for i in range(answer.n)]
+        tail.append({**chunk({"role": "assistant", "content": ""}), "choices": [],
+                     "usage": _usage(meta, prompt, completion)})
         if error_code is None:  # the documented mid-stream example, verbatim apart from ids
             err: dict[str, Any] = {"code": 429, "message": "Rate limit exceeded",
                                    "metadata": {"error_type": "rate_limit_exceeded"}}

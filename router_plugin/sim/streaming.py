@@ -12,7 +12,10 @@ the same for both providers:
   no usage and no ``[DONE]``: a mid-answer end that looks orderly on the wire.
 * ``error_chunk`` — some content events, then the provider's mid-stream error event (OpenRouter: §1.3
   ``finish_reason: "error"`` chunk), then the body ends cleanly without ``[DONE]``.
+* ``slow_first`` — headers at once, the first event only after ``stall_s`` seconds, then the whole stream (a slow
+  start that does come).
 * ``malformed`` — one ``data: {not json`` event in the middle; everything else sound, with ``[DONE]``.
+* ``malformed_list`` — the same with ``data: [1,2,3]`` (valid JSON, not an event object).
 * ``no_done`` — the complete stream (finish chunk, usage) without ``data: [DONE]``.
 """
 
@@ -52,6 +55,8 @@ async def send_stream(request: web.Request, plan: StreamPlan, fault: str | None 
         await asyncio.sleep(stall_s)
         _cut(request)
         return resp
+    if fault == "slow_first":
+        await asyncio.sleep(stall_s)
     half = max(1, len(plan.content) // 2)
     if fault in ("cut", "stall", "error_chunk", "truncate"):
         for chunk in plan.content[:half]:
@@ -68,8 +73,8 @@ async def send_stream(request: web.Request, plan: StreamPlan, fault: str | None 
         _cut(request)
         return resp
     for i, chunk in enumerate(plan.content):
-        if fault == "malformed" and i == half:
-            await resp.write(b"data: {not json\n\n")
+        if fault in _MALFORMED and i == half:
+            await resp.write(_MALFORMED[fault])
         await resp.write(_data(chunk))
     for chunk in plan.tail:
         await resp.write(_data(chunk))
@@ -77,6 +82,9 @@ async def send_stream(request: web.Request, plan: StreamPlan, fault: str | None 
         await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
+
+
+_MALFORMED = {"malformed": b"data: {not json\n\n", "malformed_list": b"data: [1,2,3]\n\n"}
 
 
 def _cut(request: web.Request) -> None:
