@@ -184,6 +184,13 @@ class QuotaCallbacks(CustomLogger):
                 await self.store.block(plan, counter, until_ms, "exhausted (provider 429)", for_ms=for_ms)
             log.warning("router_plugin: %s exhausted %s until %s: %s", plan.model, fact.limit,
                         time.strftime("%H:%M:%S UTC", time.gmtime(fact.until)), fact.detail)
+        elif isinstance(fact, (ModelBusy, ServerError)) and _stated_wait(fact) is not None:
+            # The provider named the wait (Retry-After): set the model aside for exactly that long (no doubling),
+            # bounded by that kind's longest cooldown.
+            bound = cd.busy_max_s if isinstance(fact, ModelBusy) else cd.server_error_max_s
+            wait = min(_stated_wait(fact), bound)
+            await self.store.cool(plan, f"{'busy upstream' if isinstance(fact, ModelBusy) else 'failing'}: "
+                                        f"{fact.detail} (retry after {wait:g} s)", wait, wait, escalate=False)
         elif isinstance(fact, ModelBusy):
             await self.store.cool(plan, f"busy upstream: {fact.detail}", cd.busy_s, cd.busy_max_s)
         elif isinstance(fact, ModelGone):
@@ -270,6 +277,12 @@ def _first_500(fact: Fact, plan: DeploymentPlan, metadata: Mapping[str, Any], at
         if isinstance(entry, Mapping) and str(entry.get("deployment_id")) == plan.deployment_id:
             return False
     return True
+
+
+def _stated_wait(fact: Fact) -> float | None:
+    """The wait a provider stated for a busy / failing model (Retry-After), in seconds; None when it named none."""
+    wait = getattr(fact, "retry_after", None)
+    return float(wait) if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0 else None
 
 
 def _in_stream(fact: Fact) -> Fact:

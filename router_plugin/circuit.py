@@ -1,7 +1,8 @@
 """The circuit of one model, for every worker: open while it keeps failing, closed again by its first success.
 
 The store already does the open half: ``QuotaStore.cool()`` sets the model aside in Redis (every worker's
-strategy skips it) for a cooldown that doubles with each strike, and remembers the strikes for a while after
+strategy skips it: inside the reservation, or for an unmetered deployment — no quota counters, e.g. a generic
+``openai/`` upstream — through one dry ``peek``) for a cooldown that doubles with each strike, and remembers the strikes for a while after
 the cooldown ends. Nothing probes a cooled model: when the cooldown is over, the next real request that the
 strategy routes there is the probe (no request is ever sent just to test a model — a probe of an OpenRouter
 ``:free`` model would spend the account's daily quota).
@@ -32,8 +33,6 @@ return 1
 
 async def close_circuit(store: Any, plan: DeploymentPlan) -> bool:
     """Clear ``plan``'s strikes once its cooldown has ended (after a success). True if there were any."""
-    if not plan.metered:
-        return False
     guard = getattr(store, "guard", None)
     if guard is not None and not getattr(guard, "reachable", True):
         return False  # Redis is down (store/resilient.py serves locally): the strikes simply age out

@@ -268,7 +268,8 @@ def _parse_model_list(raw: Any, where: str, settings: Settings) -> list[dict[str
         if head not in litellm.provider_list:
             raise ConfigError(
                 where, f"{key}.litellm_params.model", f"unknown provider {head or '(none)'!r} in {model!r}",
-                "prefix the model with its provider: openrouter/<id>:free or groq/<model>",
+                "prefix the model with its provider: openrouter/<id>:free, groq/<model>, or openai/<model> with "
+                "api_base for an OpenAI-compatible server (vLLM, Ollama, another provider)",
             )
         resolved = {n: resolve_env(v, where, f"{key}.litellm_params.{n}") for n, v in params.items()}
         provider = provider_of(model)
@@ -279,14 +280,28 @@ def _parse_model_list(raw: Any, where: str, settings: Settings) -> list[dict[str
                     where, f"{key}.litellm_params.api_key", f"missing for {model}",
                     f"set api_key: os.environ/{env} and export {env}",
                 )
-        free = (provider == "openrouter" and is_openrouter_free(model)) or provider == "groq"
+        free = (provider == "openrouter" and is_openrouter_free(model)) or provider == "groq" \
+            or declared_free(entry, where, key)
         if not free and not settings.allow_paid:
             raise ConfigError(
                 where, f"{key}.litellm_params.model", f"{model} is not a free model and would cost money",
-                "use a :free OpenRouter model or a groq/ model, or set router_plugin.allow_paid: true",
+                "use a :free OpenRouter model or a groq/ model; for a $0 server (self-hosted vLLM/Ollama) declare "
+                "this deployment free with model_info: {router_plugin: {free: true}}; or set "
+                "router_plugin.allow_paid: true for the whole file",
             )
         out.append({**entry, "litellm_params": dict(params)})
     return out
+
+
+def declared_free(entry: Mapping, where: str, key: str) -> bool:
+    """``model_info: {router_plugin: {free: true}}`` on a ``model_list`` entry: the user says it costs nothing."""
+    info = entry.get("model_info")
+    ours = info.get("router_plugin") if isinstance(info, Mapping) else None
+    if ours is None:
+        return False
+    if not isinstance(ours, Mapping) or set(ours) - {"free"} or not isinstance(ours.get("free", False), bool):
+        raise ConfigError(where, f"{key}.model_info.router_plugin", f"expected {{free: true}}, got {ours!r}")
+    return ours.get("free") is True
 
 
 def _did_you_mean(word: str, options) -> str:

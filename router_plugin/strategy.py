@@ -157,8 +157,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
             request.check_budget()
             blocked: list[Blocked] = []
             for deployment, plan in request.candidates():
-                if not plan.metered:
-                    return request.chosen(deployment, plan, None)
+                if not plan.metered:  # no counters, but its cooldown / quarantine counts (one dry round trip)
+                    outcome = await self.store.peek(plan)
+                    if isinstance(outcome, Blocked):
+                        blocked.append(outcome)
+                        continue
+                    return request.chosen(deployment, plan, None, outcome.strikes)
                 started = time.perf_counter()
                 outcome = await self.store.reserve(plan, request.tokens)
                 self.events.reserve_timed(plan, time.perf_counter() - started)
@@ -189,8 +193,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
             request.check_budget()
             blocked: list[Blocked] = []
             for deployment, plan in request.candidates():
-                if not plan.metered:
-                    return request.chosen(deployment, plan, None)
+                if not plan.metered:  # no counters, but its cooldown / quarantine counts (one dry round trip)
+                    outcome = self.sync_store.peek(plan)
+                    if isinstance(outcome, Blocked):
+                        blocked.append(outcome)
+                        continue
+                    return request.chosen(deployment, plan, None, outcome.strikes)
                 started = time.perf_counter()
                 outcome = self.sync_store.reserve(plan, request.tokens)
                 self.events.reserve_timed(plan, time.perf_counter() - started)
@@ -272,7 +280,8 @@ class _Request:
             tried = "; ".join(f"{s.plan.model}: {s.why}" for s in self.skipped if s.failed) or "nothing answered"
             raise BudgetExceededError(self.model, f"no complete answer within the call's time budget ({tried})")
 
-    def chosen(self, deployment: dict, plan: DeploymentPlan, reservation: Reservation | None) -> dict:
+    def chosen(self, deployment: dict, plan: DeploymentPlan, reservation: Reservation | None,
+               strikes: int = 0) -> dict:
         attempts = int(self.state.get("attempts", 0)) + 1
         # Plain values only: LiteLLM and the proxy copy and serialise metadata.
         self.state.clear()
@@ -285,7 +294,7 @@ class _Request:
             metered=reservation is not None,
             attempts=attempts,
             remaining={s.counter.limit.name: s.remaining for s in reservation.states} if reservation else {},
-            strikes=reservation.strikes if reservation else 0,
+            strikes=reservation.strikes if reservation else strikes,
         )
         skipped = [(s.plan.model, s.why) for s in self.skipped]
         log.info(

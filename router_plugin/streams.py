@@ -22,7 +22,10 @@ background event loop, ``SyncGuardedStream``) and walks the stream itself:
   (HTTP 400/422 on the continuation) is passed over for the next one; when none can continue, the caller gets a
   ``StreamInterruptedError`` that names the *original* failure — never the prefill rejection — and the iterator
   never ends as if the answer were complete.
-* **orderly tails** — a malformed SSE event is skipped (LiteLLM's parser already does); after the finish chunk,
+* **orderly tails** — a malformed SSE event (``data: {not json``, or JSON that is not an event object such as
+  ``data: [1,2,3]``) is skipped and the stream read on, as a careful client does, on every provider path
+  (:func:`_lenient_sse`: LiteLLM's own SSE parser and the openai SDK's, only while the plugin reads a guarded
+  stream); after the finish chunk,
   trailing silence (no ``[DONE]``) is waited out for at most ``FINISH_GRACE_S`` and the answer ends complete,
   with the usage chunk if it came.
 
@@ -35,6 +38,8 @@ stream that contributed, and the usage the caller sees is that of the deployment
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 import logging
 import re
 import threading
@@ -46,6 +51,8 @@ from typing import Any
 import litellm
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
+from . import prefill
+from .prefill import CONTINUE_INSTRUCTION
 from .providers.facts import Fact, ServerError
 from .strategy import EXCLUDE_KEY, METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from .timeouts import DEADLINE_KEY, FAILED_KEY, BudgetExceededError, install_attempt_limits, request_metadata
@@ -60,6 +67,81 @@ _MARK = "_router_plugin_stream_guard"
 #: What a hop's metadata hands back to the caller's (LiteLLM's routing fields and the plugin's failure record).
 _KEYS_BACK = (FAILED_KEY, "model_group", "model_group_alias", "deployment", "model_info", "api_base",
               "previous_models", "attempted_retries", "attempted_fallbacks", "caching_groups")
+
+
+#: Set while the plugin reads a guarded stream (its first chunk inside the router, then each chunk): the SSE parsers
+#: skip malformed events then, and nowhere else in the process.
+_LENIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("router_plugin_lenient_sse", default=False)
+_LENIENT_MARK = "_router_plugin_lenient"
+
+
+def _malformed(data: Any) -> bool:
+    """An SSE ``data`` payload that is neither ``[DONE]`` nor a JSON object."""
+    if not isinstance(data, str) or not data.strip() or data.lstrip().startswith("[DONE]"):
+        return False
+    try:
+        return not isinstance(json.loads(data), dict)
+    except ValueError:
+        return True
+
+
+def _lenient_sse() -> None:
+    """Skip one malformed SSE event instead of breaking the stream (once per process; inert outside ``_LENIENT``).
+
+    Two parsers read SSE for LiteLLM 1.108: its own (``BaseModelResponseIterator``: groq/, openrouter/ and other
+    providers; it already skips text that is not JSON, but hands ``[1,2,3]`` to the provider's chunk parser, which
+    raises) and the openai SDK's (``openai/`` deployments: ``Stream``/``AsyncStream``, which raises on both)."""
+    try:
+        from litellm.llms.base_llm.base_model_iterator import BaseModelResponseIterator
+
+        parse = BaseModelResponseIterator.__dict__.get("_string_to_dict_parser")
+        inner = getattr(parse, "__func__", None)
+        if inner is not None and not getattr(inner, _LENIENT_MARK, False):
+            def _string_to_dict_parser(str_line: str):
+                parsed = inner(str_line)
+                if _LENIENT.get() and parsed is not None and not isinstance(parsed, dict):
+                    log.info("router_plugin: skipped a malformed stream event (JSON, but not an event object)")
+                    return None
+                return parsed
+
+            setattr(_string_to_dict_parser, _LENIENT_MARK, True)
+            BaseModelResponseIterator._string_to_dict_parser = staticmethod(_string_to_dict_parser)
+    except Exception as exc:  # pragma: no cover - another LiteLLM: malformed events then break the stream
+        log.debug("router_plugin: cannot make LiteLLM's SSE parser lenient: %s", exc)
+    try:
+        from openai import _streaming
+
+        for cls, is_async in ((_streaming.AsyncStream, True), (_streaming.Stream, False)):
+            original = cls.__dict__.get("_iter_events")
+            if original is None or getattr(original, _LENIENT_MARK, False):
+                continue
+            cls._iter_events = _skip_malformed_async(original) if is_async else _skip_malformed(original)
+    except Exception as exc:  # pragma: no cover
+        log.debug("router_plugin: cannot make the openai SDK's SSE parser lenient: %s", exc)
+
+
+def _skip_malformed_async(original: Any) -> Any:
+    async def _iter_events(self):
+        async for sse in original(self):
+            if _LENIENT.get() and getattr(sse, "event", None) is None and _malformed(getattr(sse, "data", None)):
+                log.info("router_plugin: skipped a malformed stream event")
+                continue
+            yield sse
+
+    setattr(_iter_events, _LENIENT_MARK, True)
+    return _iter_events
+
+
+def _skip_malformed(original: Any) -> Any:
+    def _iter_events(self):
+        for sse in original(self):
+            if _LENIENT.get() and getattr(sse, "event", None) is None and _malformed(getattr(sse, "data", None)):
+                log.info("router_plugin: skipped a malformed stream event")
+                continue
+            yield sse
+
+    setattr(_iter_events, _LENIENT_MARK, True)
+    return _iter_events
 
 
 class StreamInterruptedError(litellm.ServiceUnavailableError):
@@ -77,6 +159,7 @@ def install_stream_guard(router: Any, inst: Any) -> None:
     if router.__dict__.get(_MARK):
         return
     install_attempt_limits(router, inst.settings.timeouts, inst.callbacks.record_failure, METADATA_KEY)
+    _lenient_sse()
 
     inner_iterator = router._acompletion_streaming_iterator
 
@@ -207,6 +290,7 @@ class _Call:
     first_failure: _Broke | None = None
     no_continuation: list[str] = field(default_factory=list)
     attempts: int = 0
+    restate_ids: set = field(default_factory=set)  # deployments that refused a prefill in this call
 
     def __post_init__(self) -> None:
         self.limits = self.inst.settings.timeouts
@@ -235,7 +319,7 @@ class _Call:
         hop = await self._open(continuation=False)
         return GuardedStream(hop.response, self._run(hop))
 
-    async def _open(self, continuation: bool) -> _Hop:
+    async def _open(self, continuation: bool, restate: bool = False) -> _Hop:
         md = {k: v for k, v in self.base_md.items() if k not in (METADATA_KEY, EXCLUDE_KEY)}
         md[METADATA_KEY] = {"attempts": self.attempts}
         md[EXCLUDE_KEY] = list(self.excluded)
@@ -245,14 +329,18 @@ class _Call:
         messages = list(self.messages)
         if continuation:
             messages.append({"role": "assistant", "content": "".join(self.parts)})
+            if restate:  # a model that takes no prefill: the partial answer as its turn, then "go on from there"
+                messages.append({"role": "user", "content": CONTINUE_INSTRUCTION})
             for key in ("max_tokens", "max_completion_tokens"):
                 value = kwargs.get(key)
                 if isinstance(value, int) and not isinstance(value, bool):
                     kwargs[key] = max(1, value - self.delivered_chunks)
         self.base_md = md
+        lenient = _LENIENT.set(True)  # the router reads the first chunk inside this call
         try:
             response = await self.original(model=self.model, messages=messages, stream=True, **kwargs)
         finally:
+            _LENIENT.reset(lenient)
             state = md.get(METADATA_KEY)
             if isinstance(state, dict):
                 self.attempts = max(self.attempts, int(state.get("attempts", 0)))
@@ -297,6 +385,7 @@ class _Call:
         iterator = hop.response.__aiter__()
         while True:
             wait, budget_bound, phase = self._wait(hop)
+            lenient = _LENIENT.set(True)
             try:
                 async with asyncio.timeout(wait) as scope:
                     chunk = await iterator.__anext__()
@@ -325,6 +414,8 @@ class _Call:
             except Exception as exc:  # the transport or an in-band error chunk; LiteLLM books these itself
                 raise _Broke(f"stream from {hop.model} broke off after {hop.content_chars} characters: "
                              f"{_describe(exc)}", exc=exc) from None
+            finally:
+                _LENIENT.reset(lenient)
             choice = chunk.choices[0] if getattr(chunk, "choices", None) else None
             finish = getattr(choice, "finish_reason", None) if choice is not None else None
             if finish is not None and hop.finish is None:
@@ -391,13 +482,27 @@ class _Call:
             raise self._interrupted(original, "a tool call cannot be continued on another model")
         while True:
             continuation = bool(self.parts)
+            restate = continuation and await self._takes_no_prefill()
             try:
-                return await self._open(continuation)
+                return await self._open(continuation, restate)
             except (QuotaExhaustedError, ChainFailedError, BudgetExceededError) as exc:
                 raise self._interrupted(original, f"no other deployment could take it over ({_plain(exc)})") \
                     from exc
             except Exception as exc:
                 state = self.base_md.get(METADATA_KEY) if isinstance(self.base_md.get(METADATA_KEY), dict) else {}
+                if continuation and not restate and _rejects_request(exc) and state.get("deployment_id"):
+                    # It refused the prefill: remember that for every worker, and ask it again the other way.
+                    who = str(state.get("model") or state["deployment_id"])
+                    log.info("router_plugin: %s does not take an assistant prefill (%s); continuing without one",
+                             who, _describe(exc))
+                    plan = self.inst.plans.by_id(str(state["deployment_id"]))
+                    if plan is not None:
+                        await prefill.remember_refusal(self.inst.store, plan)
+                    self.restate_ids.add(str(state["deployment_id"]))
+                    self._forget_failure(str(state["deployment_id"]), int(state.get("attempts") or 0))
+                    self.hops.append({"model": who, "outcome": "refused the prefill", "chars": 0,
+                                      "why": _short(_describe(exc), 200)})
+                    continue
                 if continuation and _rejects_request(exc) and state.get("deployment_id"):
                     who = str(state.get("model") or state["deployment_id"])
                     log.info("router_plugin: %s does not accept a continuation (%s)", who, _describe(exc))
@@ -408,6 +513,32 @@ class _Call:
                                       "why": _short(_describe(exc), 200)})
                     continue
                 raise self._interrupted(original, f"taking it over failed too ({_describe(exc)})") from exc
+
+    async def _takes_no_prefill(self) -> bool:
+        """Whether the deployment the strategy will choose next (the first of the chain not yet out of this call)
+        takes no assistant prefill: declared (``model_info.supports_assistant_prefill: false``), learnt by any
+        worker (Redis), or refused in this call. A wrong guess costs little: a prefill refused is asked again the
+        other way; the other way works everywhere."""
+        out = {str(e.get("deployment_id")) for e in self.excluded}
+        out |= {str(e.get("deployment_id")) for e in self.base_md.get(FAILED_KEY) or () if isinstance(e, Mapping)}
+        router = getattr(self.inst.strategy, "router", None)
+        for deployment in (router.get_model_list(model_name=self.model) or []) if router is not None else []:
+            plan = self.inst.plans.plan(deployment)
+            if plan.deployment_id in out:
+                continue
+            if plan.deployment_id in self.restate_ids or prefill.declared(deployment) is False:
+                return True
+            return await prefill.refuses(self.inst.store, plan)
+        return False
+
+    def _forget_failure(self, deployment_id: str, attempt: int) -> None:
+        """Drop a refused prefill from this call's failure record, so the strategy may choose that deployment again
+        for the continuation without one (the attempt stays counted in ``attempts`` and ``hops``)."""
+        for md in (self.base_md, self.caller_md):
+            failed = md.get(FAILED_KEY)
+            if isinstance(failed, list):
+                md[FAILED_KEY] = [e for e in failed if not (isinstance(e, Mapping) and str(e.get("deployment_id"))
+                                                            == deployment_id and int(e.get("attempt") or 0) == attempt)]
 
     def _interrupted(self, original: _Broke, then: str) -> StreamInterruptedError:
         delivered = sum(len(p) for p in self.parts)

@@ -11,8 +11,10 @@
 How they are enforced (the transport is LiteLLM's; the limits are ours, so they hold whatever it does):
 
 * ``Router._acompletion`` — one attempt inside LiteLLM's retry loop — runs under an ``asyncio.timeout`` that
-  starts at the headers limit and is moved to the first-token limit when LiteLLM reports "first stream response
-  received" (its post-call log, caught by :class:`HeaderSignal` through a context variable). On expiry the attempt
+  starts at the headers limit and is moved to the first-token limit once the stream's headers are in: when the
+  router starts reading the stream's first chunk (every provider path, openai/ included) or LiteLLM reports "first
+  stream response received" (its post-call log on the groq/openrouter paths, caught by :class:`HeaderSignal`),
+  both through a context variable. On expiry the attempt
   is recorded as a failure of that deployment (a short, escalating cooldown for every worker: retrying a silent
   deployment only multiplies the wait), and :class:`AttemptTimeout` sends LiteLLM's loop to the next deployment.
 * Each attempt is also given a transport ``timeout`` (connect, read) as a backstop, capped by the budget. The sync
@@ -169,6 +171,30 @@ def _register_signal() -> None:
     # LiteLLM calls log_post_api_call only for litellm.input_callback; the signal is inert outside our attempts.
     if not any(cb is _SIGNAL for cb in litellm.input_callback):
         litellm.input_callback.append(_SIGNAL)
+    _signal_first_chunk_read()
+
+
+def _signal_first_chunk_read() -> None:
+    """The signal that works on every provider path: ``Router._acompletion`` reads a stream's first chunk
+    (``litellm.router._aread_first_chunk``) only once ``litellm.acompletion`` has returned the stream with its
+    response headers in (the openai/ path returns after the headers; the groq/openrouter paths are fetched by
+    ``fetch_stream()`` just before). LiteLLM's openai/ path never logs "first stream response received", so the
+    log signal alone would leave an openai/ stream under the headers limit until its first token. Wrapped once per
+    process; inert outside the plugin's attempts (no attempt clock in the context)."""
+    import litellm.router as router_module
+
+    reader = getattr(router_module, "_aread_first_chunk", None)
+    if reader is None or getattr(reader, _MARK, False):
+        return  # a LiteLLM without it: the log signal still covers the groq/openrouter paths
+
+    async def _aread_first_chunk(stream, *args, **kwargs):
+        clock = _ATTEMPT.get()
+        if clock is not None:
+            clock.headers_received()
+        return await reader(stream, *args, **kwargs)
+
+    setattr(_aread_first_chunk, _MARK, True)
+    router_module._aread_first_chunk = _aread_first_chunk
 
 
 RecordFailure = Callable[[Mapping[str, Any], Fact, bool], Awaitable[None]]

@@ -24,6 +24,8 @@ from tests.support import FAST, bare, half, observe, sent, whole
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
+# Generic OpenAI-compatible upstreams (LiteLLM's openai/ path) on the simulator's /openai/v1
+GEN_A, GEN_B = "openai/openai/gpt-oss-120b", "openai/openai/gpt-oss-20b"
 MSG = [{"role": "user", "content": "hello"}]
 
 @dataclass
@@ -188,18 +190,54 @@ def test_groq_error_event_mid_stream_is_continued(sim, redis_url):
     assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
 
 
-def test_continuation_skips_a_deployment_that_rejects_the_prefill(sim, redis_url):
-    sim.configure({"models": {bare(OR_A): {"stream_fault": "cut"}, bare(OR_B): {"reject_prefill": True}}})
+@pytest.mark.parametrize("chain", [(OR_A, OR_B), (GQ_A, GQ_B), (GEN_A, GEN_B)], ids=["openrouter", "groq", "openai"])
+def test_a_fallback_that_refuses_a_prefill_continues_without_one_and_every_worker_remembers(sim, redis_url, chain):
+    # A stream cut after 4 chunks; the only fallback answers 400 to an assistant prefill. It is asked again with
+    # the partial answer as its own turn and an instruction to continue from exactly there: one complete answer.
+    first, fallback = chain
+    sim.configure({"models": {bare(first): {"stream_fault": "cut"}, bare(fallback): {"reject_prefill": True}}})
+    brief = {"server_error_s": 0.1, "server_error_max_s": 0.1}  # the cut model is tried first again below
+    out = consume(router_for(sim, redis_url, chain=chain, allow_paid=True, cooldowns=brief))
+    assert out.error is None, out.error
+    assert out.text == whole(first)  # the partial text + the continuation, read as one reply
+    assert out.finishes == ["stop"]  # one finish reason
+    assert out.models[-1] == bare(fallback)
+    assert (sent(sim, first), sent(sim, fallback)) == (1, 2)  # the refused prefill, then the continuation
+    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "refused the prefill", "complete"]
+    assert out.info["model"] == fallback and out.info["attempts"] == 3
+
+    # Another worker (its own Router, the same Redis) goes the working way at once: no prefill is tried again.
+    time.sleep(0.3)
+    out = consume(router_for(sim, redis_url, chain=chain, allow_paid=True, cooldowns=brief))
+    assert out.error is None and out.text == whole(first) and out.finishes == ["stop"]
+    assert (sent(sim, first), sent(sim, fallback)) == (2, 3)
+    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "complete"]
+
+
+def test_a_deployment_declared_without_prefill_support_is_continued_without_one_at_once(sim, redis_url):
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True}}})
+    config = demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_A, GQ_B), **FAST)
+    config["model_list"][1]["model_info"] = {"supports_assistant_prefill": False}
+    out = consume(router_plugin.build_router(config))
+    assert out.error is None and out.text == whole(GQ_A) and out.finishes == ["stop"]
+    assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
+    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "complete"]
+
+
+def test_continuation_skips_a_deployment_that_refuses_it_both_ways(sim, redis_url):
+    sim.configure({"models": {bare(OR_A): {"stream_fault": "cut"},
+                              bare(OR_B): {"reject_prefill": True, "status": 400}}})
     out = consume(router_for(sim, redis_url))
     assert out.error is None
     assert out.text == whole(OR_A)
-    assert (sent(sim, OR_A), sent(sim, OR_B), sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1, 1, 0)
-    assert out.info["model"] == GQ_A and out.info["attempts"] == 3
-    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "refused the continuation", "complete"]
+    assert (sent(sim, OR_A), sent(sim, OR_B), sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 2, 1, 0)
+    assert out.info["model"] == GQ_A and out.info["attempts"] == 4
+    assert [h["outcome"] for h in out.info["hops"]] == ["broke off", "refused the prefill", "refused the continuation",
+                                                        "complete"]
 
 
 def test_no_deployment_can_continue_ends_with_the_original_failure_never_a_truncated_success(sim, redis_url):
-    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True}}})
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True, "status": 400}}})
     out = consume(router_for(sim, redis_url, chain=(GQ_A, GQ_B)))
     assert isinstance(out.error, StreamInterruptedError), out.error
     message = str(out.error)
@@ -208,7 +246,7 @@ def test_no_deployment_can_continue_ends_with_the_original_failure_never_a_trunc
     assert "no continuation support on: groq/openai/gpt-oss-20b" in message
     assert out.error.status_code == 503
     assert out.text == half(GQ_A) and out.finishes == []  # what arrived, and no finish: never "complete"
-    assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 1)
+    assert (sent(sim, GQ_A), sent(sim, GQ_B)) == (1, 2)  # refused with a prefill, then without one
     assert out.elapsed < 5
 
 
@@ -235,11 +273,15 @@ def test_a_stream_broken_on_every_deployment_is_an_error_naming_the_first_failur
 # ------------------------------------------------------------------------------------------------ orderly faults
 
 
-def test_malformed_event_is_skipped_and_the_answer_is_whole(sim, redis_url):
-    sim.configure({"models": {bare(OR_A): {"stream_fault": "malformed"}}})
-    out = consume(router_for(sim, redis_url))
-    assert out.error is None and out.text == "".join(reply_pieces(bare(OR_A), 16))
-    assert out.finishes == ["stop"] and sent(sim, OR_A) == 1 and sent(sim, OR_B) == 0
+@pytest.mark.parametrize("fault", ["malformed", "malformed_list"], ids=["not-json", "json-list"])
+@pytest.mark.parametrize("model", [OR_A, GQ_A, GEN_A], ids=["openrouter", "groq", "openai"])
+def test_malformed_event_is_skipped_and_the_answer_is_whole(sim, redis_url, model, fault):
+    # One "data: {not json" / "data: [1,2,3]" event mid-stream: a careful client skips it and reads on.
+    sim.configure({"models": {bare(model): {"stream_fault": fault}}})
+    out = consume(router_for(sim, redis_url, chain=(model, GQ_B), allow_paid=True))
+    assert out.error is None and out.text == whole(model)
+    assert out.finishes == ["stop"] and sent(sim, model) == 1 and sent(sim, GQ_B) == 0
+    assert [h["outcome"] for h in out.info["hops"]] == ["complete"]
 
 
 @pytest.mark.parametrize("model", [OR_A, GQ_A])

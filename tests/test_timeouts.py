@@ -18,12 +18,15 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.installer import installed
 from router_plugin.strategy import ChainFailedError
 from router_plugin.timeouts import BudgetExceededError
-from tests.support import FAST, bare, observe, sent
+from tests.support import FAST, bare, observe, sent, whole
 
 pytestmark = pytest.mark.integration
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 GEMINI = "openrouter/google/gemini-2.0-flash-exp:free"
+# Generic OpenAI-compatible upstreams (a self-hosted vLLM, another provider): LiteLLM's openai/ path, pointed at
+# the simulator's OpenAI-compatible surface (/openai/v1). Unmetered: the plugin keeps no quota counters for them.
+GEN_A, GEN_B = "openai/openai/gpt-oss-120b", "openai/openai/gpt-oss-20b"
 MSG = [{"role": "user", "content": "hello"}]
 
 def router_for(sim, redis_url, chain=DEMO_CHAIN, **settings):
@@ -98,6 +101,19 @@ def test_stream_with_no_first_token_is_left_after_first_token_limit(sim, redis_u
     assert 1.0 <= elapsed < 3.0  # headers came at once; no token within first_token_s = 1.5 s
     inst, plan = plan_of(router, 0)
     assert "first token" in inst.sync_store.peek(plan).why
+
+
+@pytest.mark.parametrize("primary", [GEN_A, GQ_A, OR_A], ids=["openai", "groq", "openrouter"])
+def test_a_first_token_inside_first_token_s_is_awaited_on_every_provider_path(sim, redis_url, primary):
+    # Headers at once, the first token after 1.4 s: past connect_s (1 s), inside first_token_s (2 s). LiteLLM's
+    # openai/ path never logs "first stream response received": the limit must move on all the same.
+    sim.configure({"models": {bare(primary): {"stream_fault": "slow_first", "stall_s": 1.4}}})
+    router = router_for(sim, redis_url, chain=(primary, GQ_B), allow_paid=True,
+                        timeouts={"connect_s": 1.0, "first_token_s": 2.0, "stream_idle_s": 1.0, "total_s": 10.0})
+    _, text, error, info, _ = ask(router, stream=True)
+    assert error is None and info["model"] == primary and info["attempts"] == 1  # answered by the primary
+    assert text == whole(primary)
+    assert (sent(sim, primary), sent(sim, GQ_B)) == (1, 0)
 
 
 def test_sync_completion_leaves_a_silent_deployment_at_the_transport_limit(sim, redis_url):
@@ -204,6 +220,21 @@ def test_429_with_a_long_retry_after_is_refused_at_once(sim, redis_url):
     assert sent(sim, GQ_B) == 2
 
 
+def test_a_429_that_names_its_wait_cools_the_model_for_exactly_that_wait(sim, redis_url):
+    # A generic upstream answers 429 with Retry-After: 2 (the simulator's tight token minute): the model is set
+    # aside for those 2 s for every worker, not for cooldowns.busy_s (15 s).
+    _groq_tpm_429(sim)
+    router = router_for(sim, redis_url, chain=(GEN_B, GQ_A), allow_paid=True)
+    inst, plan = plan_of(router, 0)
+    assert ask(router, max_tokens=BIG)[3]["model"] == GEN_B
+    _, _, error, info, _ = ask(router, max_tokens=BIG)
+    assert error is None and info["model"] == GQ_A and sim.stats()["rate_limited"]["groq"] == 1
+    cooled = inst.sync_store.peek(plan)
+    assert cooled.counter is None and 0 < cooled.wait_s <= 2.0, cooled  # the provider's 2 s, not 15 s
+    assert wait_for(lambda: not hasattr(inst.sync_store.peek(plan), "why"), timeout=4.0)  # and back after it
+    assert ask(router, max_tokens=8)[3]["model"] == GEN_B
+
+
 def test_context_length_400_goes_to_a_larger_context_deployment(sim, redis_url):
     # GQ_A claims 300k (overridden) but the simulator holds 131072: it answers 400 context_length_exceeded.
     # OR_B (claimed 250k) is no larger than what already failed: skipped unsent. Gemini (1M) takes it.
@@ -265,6 +296,55 @@ def test_circuit_opens_for_every_worker_probes_with_real_traffic_and_closes_on_s
         assert 0 < inst.sync_store.peek(plan).wait_s <= 1.0
 
     asyncio.run(scenario())
+
+
+def test_an_unmetered_deployment_that_keeps_failing_is_set_aside_and_trusted_again_once_it_recovers(sim, redis_url):
+    # A generic upstream has no quota counters (no reservation): its cooldown must be checked all the same.
+    settings = {"cooldowns": {"server_error_s": 2.0, "server_error_max_s": 8.0}}
+    sim.configure({"models": {bare(GEN_A): {"status": 503}}})
+    router = router_for(sim, redis_url, chain=(GEN_A, GQ_B), allow_paid=True, **settings)
+    inst, plan = plan_of(router, 0)
+
+    async def scenario():
+        for _ in range(10):  # 10 requests 0.5 s apart
+            _, _, error, info, _ = await _ask(router)
+            assert error is None and info["model"] == GQ_B
+            await asyncio.sleep(0.5)
+        assert 1 <= sent(sim, GEN_A) <= 2  # the first failure, at most one probe after the first cooldown
+        assert circuit.strikes(inst.sync_store, plan) == sent(sim, GEN_A)
+
+        sim.configure({"models": {bare(GEN_A): {"status": None}}})  # it recovers
+        assert await until(lambda: not hasattr(inst.sync_store.peek(plan), "why"), timeout=9.0)
+        _, _, error, info, _ = await _ask(router)  # the next real request is the probe
+        assert error is None and info["model"] == GEN_A
+        assert await until(lambda: circuit.strikes(inst.sync_store, plan) == 0)  # trusted again: strikes cleared
+        assert (await _ask(router))[3]["model"] == GEN_A
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------------------------------------ generic upstreams
+
+
+def test_a_generic_upstream_declared_free_is_served_without_allow_paid(sim, redis_url):
+    config = demo_config(sim.base_url, redis_url=redis_url, chain=(GEN_A, GQ_B), **FAST)
+    with pytest.raises(router_plugin.ConfigError) as refused:  # undeclared: refused as paid, the way out named
+        router_plugin.build_router(config)
+    assert "would cost money" in str(refused.value) and "model_info: {router_plugin: {free: true}}" in str(refused.value)
+
+    config["model_list"][0]["model_info"] = {"router_plugin": {"free": True}}  # a self-hosted $0 server
+    config["router_plugin"]["limits"] = {GEN_A: {"rpm": 2}}  # optional limits of its own
+    router = router_plugin.build_router(config)
+    assert [ask(router)[3]["model"] for _ in range(3)] == [GEN_A, GEN_A, GQ_B]  # its 2/min, then the next
+    assert (sent(sim, GEN_A), sent(sim, GQ_B)) == (2, 1)
+
+
+def test_a_model_without_a_provider_prefix_is_told_about_openai_compatible_servers(sim, redis_url):
+    config = demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_B,), **FAST)
+    config["model_list"][0]["litellm_params"]["model"] = "my-vllm-model"
+    with pytest.raises(router_plugin.ConfigError) as refused:
+        router_plugin.build_router(config)
+    assert "openai/<model>" in str(refused.value) and "api_base" in str(refused.value)
 
 
 # ------------------------------------------------------------------------------------------------ accounting
