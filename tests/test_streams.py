@@ -302,3 +302,87 @@ def test_http_200_with_an_error_in_a_stream_falls_over_before_anything_reached_t
     assert out.error is None and out.text == "".join(reply_pieces(bare(OR_B), 16))
     assert (sent(sim, OR_A), sent(sim, OR_B)) == (1, 1)
     assert out.info["attempts"] == 2
+
+
+# ------------------------------------------------------------------------------------------------ pass-through
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                       "required": ["city"]}}},
+]
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "reply", "schema": {
+    "type": "object", "properties": {"title": {"type": "string"}, "score": {"type": "number"}},
+    "required": ["title", "score"]}}}
+
+
+async def _choices(router, stream: bool, **kw) -> tuple[dict, int]:
+    """{choice index: {text, tool (name), args, finish}} as the caller reads them, and how many chunks carried
+    tool-call deltas."""
+    response = await router.acompletion(model=DEMO_GROUP, messages=MSG, stream=stream, metadata={}, **kw)
+    out: dict = {}
+    deltas = 0
+    if not stream:
+        for c in response.choices:
+            calls = c.message.tool_calls or []
+            out[c.index] = {"text": c.message.content, "tool": calls[0].function.name if calls else None,
+                            "args": calls[0].function.arguments if calls else None, "finish": c.finish_reason}
+        return out, 0
+    async for chunk in response:
+        for c in chunk.choices:
+            seen = out.setdefault(c.index, {"text": "", "tool": None, "args": "", "finish": None})
+            seen["text"] += c.delta.content or ""
+            for call in c.delta.tool_calls or []:
+                deltas += 1
+                seen["tool"] = call.function.name or seen["tool"]
+                seen["args"] += call.function.arguments or ""
+            seen["finish"] = c.finish_reason or seen["finish"]
+    return out, deltas
+
+
+PATHS = pytest.mark.parametrize("model", [OR_A, GQ_A, GEN_A], ids=["openrouter", "groq", "openai"])
+STREAMS = pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+
+
+@PATHS
+@STREAMS
+def test_tools_and_tool_choice_pass_through_with_streamed_tool_call_deltas(sim, redis_url, model, stream):
+    import json
+
+    router = router_for(sim, redis_url, chain=(model, GQ_B), allow_paid=True)
+    choice = {"type": "function", "function": {"name": "get_weather"}}  # not the first tool: tool_choice arrived
+    out, deltas = asyncio.run(_choices(router, stream, tools=TOOLS, tool_choice=choice, max_tokens=64))
+    assert list(out) == [0] and out[0]["tool"] == "get_weather" and out[0]["finish"] == "tool_calls"
+    assert json.loads(out[0]["args"]) == {"city": "sim", "days": 1}
+    assert not stream or deltas > 2  # the call's name, then its arguments in pieces
+    assert (sent(sim, model), sent(sim, GQ_B)) == (1, 0)
+
+
+@PATHS
+@STREAMS
+@pytest.mark.parametrize("fmt", ["json_object", "json_schema"])
+def test_json_mode_passes_through(sim, redis_url, model, stream, fmt):
+    import json
+
+    router = router_for(sim, redis_url, chain=(model,), allow_paid=True)
+    response_format = {"type": "json_object"} if fmt == "json_object" else SCHEMA
+    out, _ = asyncio.run(_choices(router, stream, response_format=response_format, max_tokens=16))
+    value = json.loads(out[0]["text"])
+    if fmt == "json_object":
+        assert value == {"answer": whole(model)}
+    else:
+        assert value == {"title": "sim", "score": 1}
+    assert out[0]["finish"] == "stop"
+
+
+@PATHS
+@STREAMS
+def test_n_choices_pass_through(sim, redis_url, model, stream):
+    router = router_for(sim, redis_url, chain=(model,), allow_paid=True)
+    out, _ = asyncio.run(_choices(router, stream, n=2, max_tokens=16))
+    assert sorted(out) == [0, 1]
+    assert [out[i]["text"] for i in (0, 1)] == [whole(model)] * 2
+    # LiteLLM 1.108's stream wrapper passes on one finish reason (choice 0's); stock LiteLLM does the same.
+    assert [out[i]["finish"] for i in (0, 1)] == (["stop", None] if stream else ["stop", "stop"])
