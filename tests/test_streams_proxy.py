@@ -24,6 +24,10 @@ OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 GEMINI = "openrouter/google/gemini-2.0-flash-exp:free"
 SOLO = "solo"  # a group of one deployment (GQ_B): nothing to fail over to
 WIDE = "wide"  # GQ_A (claims 300k context), OR_B (claims 250k), Gemini (1M)
+# Generic OpenAI-compatible upstreams (LiteLLM's openai/ path) on the simulator's /openai/v1, declared free.
+GEN_A, GEN_B = "openai/openai/gpt-oss-120b", "openai/openai/gpt-oss-20b"
+GENERIC = "generic"  # GEN_A, then GQ_B
+PAIR = "generic-pair"  # GEN_A, then GEN_B
 # Tight limits so that the budget test can spend the budget: a silent non-streamed attempt gets 0.8 + 1.2 s.
 TIMEOUTS = {"connect_s": 0.8, "first_token_s": 1.2, "stream_idle_s": 0.8, "total_s": 3.5}
 
@@ -33,9 +37,12 @@ def proxy(sim_server, redis_server, tmp_path_factory):
     config = demo_config(sim_server.base_url, redis_url=redis_server.url, timeouts=TIMEOUTS,
                          limits={GQ_A: {"context": 300_000, "tpm": 1_000_000, "tpd": 10_000_000},
                                  OR_B: {"context": 250_000}})
-    extra = [(SOLO, GQ_B), (WIDE, GQ_A), (WIDE, OR_B), (WIDE, GEMINI)]
+    extra = [(SOLO, GQ_B), (WIDE, GQ_A), (WIDE, OR_B), (WIDE, GEMINI), (GENERIC, GEN_A), (GENERIC, GQ_B),
+             (PAIR, GEN_A), (PAIR, GEN_B)]
     for group, model in extra:
         base = next(d for d in demo_config(sim_server.base_url, chain=(model,))["model_list"])
+        if model.startswith("openai/"):  # a $0 server: declared free, no allow_paid for the whole file
+            base = {**base, "model_info": {"router_plugin": {"free": True}}}
         config["model_list"].append({**base, "model_name": group})
     config["litellm_settings"] = {"callbacks": "router_plugin.proxy_handler"}
     config["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
@@ -216,3 +223,69 @@ def test_rejected_request_is_not_retried_and_keeps_the_provider_reason(sim, fres
     reply = call(fresh, stream=False)
     assert reply.status == 400 and "upstream returned HTTP 400" in reply.errors[0]["message"]
     assert (sent(sim, OR_A), sent(sim, OR_B)) == (1, 0)
+
+
+# ------------------------------------------------------------------------------------------------ generic upstreams
+
+
+def events_of(proxy, payload: dict) -> list[dict]:
+    """The parsed SSE events of a streamed proxy reply (``[DONE]`` left out)."""
+    events = []
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json={**payload, "stream": True},
+                      headers={"Authorization": f"Bearer {proxy.key}"}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line[6:] != "[DONE]":
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def test_openai_path_first_token_inside_first_token_s_is_awaited(sim, fresh):
+    # Headers at once, the first token after 1.0 s: past connect_s (0.8 s), inside first_token_s (1.2 s).
+    sim.configure({"models": {bare(GEN_A): {"stream_fault": "slow_first", "stall_s": 1.0}}})
+    reply = call(fresh, stream=True, group=GENERIC)
+    assert reply.status == 200 and not reply.errors and reply.text == whole(GEN_A)
+    assert (sent(sim, GEN_A), sent(sim, GQ_B)) == (1, 0)
+
+
+@pytest.mark.parametrize("fault", ["malformed", "malformed_list"], ids=["not-json", "json-list"])
+def test_openai_path_malformed_event_is_skipped(sim, fresh, fault):
+    sim.configure({"models": {bare(GEN_A): {"stream_fault": fault}}})
+    reply = call(fresh, stream=True, group=GENERIC)
+    assert reply.status == 200 and not reply.errors and reply.text == whole(GEN_A) and reply.finishes == ["stop"]
+    assert (sent(sim, GEN_A), sent(sim, GQ_B)) == (1, 0)
+
+
+def test_openai_path_fallback_that_refuses_a_prefill_still_ends_one_answer(sim, fresh):
+    sim.configure({"models": {bare(GEN_A): {"stream_fault": "cut"}, bare(GEN_B): {"reject_prefill": True}}})
+    reply = call(fresh, stream=True, group=PAIR)
+    assert reply.status == 200 and not reply.errors
+    assert reply.text == whole(GEN_A) and reply.finishes == ["stop"] and reply.done
+    assert (sent(sim, GEN_A), sent(sim, GEN_B)) == (1, 2)
+
+
+@pytest.mark.parametrize("group,model", [(GENERIC, GEN_A), (SOLO, GQ_B), (DEMO_GROUP, OR_A)],
+                         ids=["openai", "groq", "openrouter"])
+def test_tools_json_and_n_pass_through_the_proxy_stream(sim, fresh, group, model):
+    base = {"model": group, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 64}
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "get_weather", "parameters": {
+                 "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    events = events_of(fresh, {**base, "tools": tools,
+                               "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    calls = [c for e in events for ch in e.get("choices") or [] for c in (ch.get("delta") or {}).get("tool_calls") or []]
+    assert len(calls) > 2 and calls[0]["function"]["name"] == "get_weather"  # streamed tool-call deltas
+    assert json.loads("".join(c["function"].get("arguments") or "" for c in calls)) == {"city": "sim"}
+    assert [ch["finish_reason"] for e in events for ch in e.get("choices") or [] if ch.get("finish_reason")] \
+        == ["tool_calls"]
+
+    events = events_of(fresh, {**base, "response_format": {"type": "json_object"}, "max_tokens": 16})
+    text = "".join((ch.get("delta") or {}).get("content") or "" for e in events for ch in e.get("choices") or [])
+    assert json.loads(text) == {"answer": whole(model)}
+
+    events = events_of(fresh, {**base, "n": 2, "max_tokens": 16})
+    texts: dict = {}
+    for e in events:
+        for ch in e.get("choices") or []:
+            texts[ch["index"]] = texts.get(ch["index"], "") + ((ch.get("delta") or {}).get("content") or "")
+    assert texts == {0: whole(model), 1: whole(model)}
