@@ -640,6 +640,105 @@ def test_stream_fault_no_done(sim, http, provider, model):
         assert "usage" in chunks[-1]["x_groq"]
 
 
+@pytest.mark.parametrize("provider,model", PROVIDER_STREAMS)
+def test_stream_fault_malformed_list_and_slow_first(sim, http, provider, model):
+    r, raw, err = _stream_with_fault(sim, http, provider, model, "malformed_list")
+    data = _data_events(raw)
+    assert err is None and data[-1] == "[DONE]" and data.count("[1,2,3]") == 1
+    with httpx.Client(timeout=httpx.Timeout(10, read=5)) as patient:
+        sim.configure({"models": {model: {"stream_fault": "slow_first", "stall_s": 0.3}}})
+        base = sim.openrouter_base if provider == "openrouter" else sim.groq_base
+        r, raw, err = stream_raw(patient, f"{base}/chat/completions", {"model": model, "messages": MSG, "stream": True})
+    data = _data_events(raw)
+    assert err is None and data[-1] == "[DONE]"  # late, then whole
+
+
+ANSWER_PATHS = [("openrouter", "deepseek/deepseek-r1:free"), ("groq", "openai/gpt-oss-120b")]
+WEATHER = [{"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}},
+           {"type": "function", "function": {"name": "get_weather", "parameters": {
+               "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                                                "unit": {"type": "string", "enum": ["c", "f"]}}}}}]
+
+
+def _post(http, sim, provider, model, **body):
+    chat = or_chat if provider == "openrouter" else groq_chat
+    return chat(http, sim, model, **body)
+
+
+def _stream_chunks(http, sim, provider, model, **body):
+    base = sim.openrouter_base if provider == "openrouter" else sim.groq_base
+    r, raw, err = stream_raw(http, f"{base}/chat/completions", {"model": model, "messages": MSG, "stream": True,
+                                                                 **body})
+    assert err is None and r.status_code == 200
+    return [json.loads(p) for p in _data_events(raw) if p != "[DONE]"]
+
+
+@pytest.mark.parametrize("provider,model", ANSWER_PATHS)
+def test_tools_are_answered_with_a_tool_call_plain_and_streamed(sim, http, provider, model):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    body = _post(http, sim, provider, model, tools=WEATHER, tool_choice=choice).json()
+    msg, finish = body["choices"][0]["message"], body["choices"][0]["finish_reason"]
+    assert finish == "tool_calls" and msg["content"] is None and len(msg["tool_calls"]) == 1
+    call = msg["tool_calls"][0]
+    assert call["type"] == "function" and call["id"].startswith("call_") and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "sim", "days": 1, "unit": "c"}
+    assert _post(http, sim, provider, model, tools=WEATHER).json()["choices"][0]["message"]["tool_calls"][0][
+        "function"]["name"] == "noop"  # no tool_choice: the first tool
+    assert _post(http, sim, provider, model, tools=WEATHER, tool_choice="none").json()["choices"][0]["message"][
+        "content"].startswith("sim reply")
+
+    chunks = _stream_chunks(http, sim, provider, model, tools=WEATHER, tool_choice=choice)
+    deltas = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+              if c.get("choices") and c["choices"][0]["delta"].get("tool_calls")]
+    assert deltas[0]["id"].startswith("call_") and deltas[0]["type"] == "function"
+    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""}  # first the call, then its arguments
+    assert len(deltas) > 2 and all(d["index"] == 0 for d in deltas)
+    assert json.loads("".join(d["function"]["arguments"] for d in deltas)) == json.loads(call["function"]["arguments"])
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and
+            c["choices"][0]["finish_reason"]] == ["tool_calls"]
+
+
+@pytest.mark.parametrize("provider,model", ANSWER_PATHS)
+def test_json_mode_and_n_choices(sim, http, provider, model):
+    body = _post(http, sim, provider, model, response_format={"type": "json_object"}).json()
+    assert json.loads(body["choices"][0]["message"]["content"])["answer"].startswith(f"sim reply from {model}")
+    schema = {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "properties": {"ok": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}}}}}}
+    body = _post(http, sim, provider, model, response_format=schema).json()
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"ok": True, "tags": ["sim"]}
+    chunks = _stream_chunks(http, sim, provider, model, response_format={"type": "json_object"})
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    assert json.loads(text)["answer"].startswith("sim reply")
+
+    body = _post(http, sim, provider, model, n=2, max_tokens=4).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["choices"][0]["message"] == body["choices"][1]["message"]
+    assert body["usage"]["completion_tokens"] == 8  # both choices
+    chunks = _stream_chunks(http, sim, provider, model, n=2, max_tokens=4)
+    per: dict = {}
+    for c in chunks:
+        for ch in c.get("choices") or []:
+            per.setdefault(ch["index"], []).append(ch)
+    assert sorted(per) == [0, 1]
+    assert ["".join(ch["delta"].get("content") or "" for ch in per[i]) for i in (0, 1)] == \
+        [body["choices"][0]["message"]["content"]] * 2
+    assert [[ch["finish_reason"] for ch in per[i] if ch["finish_reason"]] for i in (0, 1)] == [["stop"], ["stop"]]
+
+
+@pytest.mark.parametrize("provider,model", ANSWER_PATHS)
+def test_a_continuation_continues_the_given_answer(sim, http, provider, model):
+    partial = "sim reply from another/model: this is a"
+    prefill = MSG + [{"role": "assistant", "content": partial}]
+    body = _post(http, sim, provider, model, messages=prefill).json()
+    assert body["choices"][0]["message"]["content"] == " deterministic offline answer used by tests demos and benchmarks"
+    restated = prefill + [{"role": "user", "content": "Continue it from exactly where it stops."}]
+    assert _post(http, sim, provider, model, messages=restated, max_tokens=2).json()["choices"][0]["message"][
+        "content"] == " deterministic offline"
+    chunks = _stream_chunks(http, sim, provider, model, messages=prefill)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")) == \
+        " deterministic offline answer used by tests demos and benchmarks"
+
+
 def test_stream_error_200_becomes_an_error_event(sim, http):
     sim.configure({"models": {"deepseek/deepseek-r1:free": {"error_200": True}}})
     r, raw, err = stream_raw(http, f"{sim.openrouter_base}/chat/completions",
