@@ -125,8 +125,9 @@ def test_broken_stream_is_continued_into_one_answer(sim, fresh, fault):
 
 
 def test_stream_nobody_can_continue_ends_with_an_error_naming_the_original_failure(sim, fresh):
-    # OR_A, OR_B gone (404, quarantined), GQ_A breaks off mid-answer, GQ_B rejects the continuation.
-    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True},
+    # OR_A, OR_B gone (404, quarantined), GQ_A breaks off mid-answer, GQ_B rejects the continuation both ways
+    # (with a prefill, and without one).
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True, "status": 400},
                               bare(OR_A): {"gone": True}, bare(OR_B): {"gone": True}}})
     reply = call(fresh, stream=True)
     assert reply.status == 200 and reply.text == half(GQ_A)
@@ -135,7 +136,7 @@ def test_stream_nobody_can_continue_ends_with_an_error_naming_the_original_failu
     message = reply.errors[0]["message"]
     assert "groq/openai/gpt-oss-120b broke off" in message and "APIConnectionError" in message
     assert "prefill" not in message
-    assert [sent(sim, m) for m in DEMO_CHAIN] == [1, 1, 1, 1]
+    assert [sent(sim, m) for m in DEMO_CHAIN] == [1, 1, 1, 2]
 
 
 def test_stream_without_first_token_fails_over_at_the_first_token_limit(sim, fresh):
