@@ -323,6 +323,14 @@ def test_an_unmetered_deployment_that_keeps_failing_is_set_aside_and_trusted_aga
     asyncio.run(scenario())
 
 
+def test_sync_completion_skips_a_cooling_unmetered_deployment(sim, redis_url):
+    router = router_for(sim, redis_url, chain=(GEN_A, GQ_B), allow_paid=True)
+    inst, plan = plan_of(router, 0)
+    inst.sync_store.cool(plan, "failing: HTTP 503 (another worker)", 30, 30)  # set aside by another worker
+    models = [router.completion(model=DEMO_GROUP, messages=MSG, max_tokens=8).model for _ in range(3)]
+    assert models == [bare(GQ_B)] * 3 and sent(sim, GEN_A) == 0  # the sync strategy reads the cooldown too
+
+
 # ------------------------------------------------------------------------------------------------ generic upstreams
 
 
