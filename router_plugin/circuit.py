@@ -2,8 +2,8 @@
 
 The store already does the open half: ``QuotaStore.cool()`` sets the model aside in Redis (every worker's
 strategy skips it: inside the reservation, or for an unmetered deployment — no quota counters, e.g. a generic
-``openai/`` upstream — through one dry ``peek``) for a cooldown that doubles with each strike, and remembers the strikes for a while after
-the cooldown ends. Nothing probes a cooled model: when the cooldown is over, the next real request that the
+``openai/`` upstream — through one dry ``peek``) for a cooldown that doubles with each strike, and remembers the
+strikes for a while after the cooldown ends. Nothing probes a cooled model: when the cooldown is over, the next real request that the
 strategy routes there is the probe (no request is ever sent just to test a model — a probe of an OpenRouter
 ``:free`` model would spend the account's daily quota).
 

@@ -237,7 +237,8 @@ def test_continuation_skips_a_deployment_that_refuses_it_both_ways(sim, redis_ur
 
 
 def test_no_deployment_can_continue_ends_with_the_original_failure_never_a_truncated_success(sim, redis_url):
-    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"}, bare(GQ_B): {"reject_prefill": True, "status": 400}}})
+    sim.configure({"models": {bare(GQ_A): {"stream_fault": "cut"},
+                              bare(GQ_B): {"reject_prefill": True, "status": 400}}})
     out = consume(router_for(sim, redis_url, chain=(GQ_A, GQ_B)))
     assert isinstance(out.error, StreamInterruptedError), out.error
     message = str(out.error)

@@ -9,7 +9,8 @@ Schema (all optional)::
      "groq": {"limits": {"<model id>": {"rpm": int, "rpd": int, "tpm": int, "tpd": int}}},
      "models": {"<model id>": {"gone": bool, "busy": bool, "status": int, "status_count": int, "latency_ms": num,
                                "error_200": bool | int,
-                               "stream_fault": "cut|stall|stall_first|slow_first|truncate|error_chunk|malformed|malformed_list|no_done",
+                               "stream_fault": "cut|stall|stall_first|slow_first|truncate|error_chunk|malformed|
+                                               malformed_list|no_done",
                                "stall_s": num, "reject_prefill": bool}},
      "latency_ms": num}
 """
