@@ -117,6 +117,21 @@ class QuotaStore(_Base):
         args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
         return (await self._mark(self.keys.model(plan), args))[1]
 
+    async def count_clamped(self, day: int) -> None:
+        """Count one provider value bounded on UTC day ``day`` (shown by ``router-plugin status``). Best effort: a
+        store that is down (or known down by a resilient store's guard) loses the count, nothing else."""
+        guard = getattr(self, "guard", None)
+        if guard is not None and not guard.reachable:
+            return
+        key = self.keys.clamped(day)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 2 * 86_400)
+                await pipe.execute()
+        except (*STORE_FAILURES, StoreError) as exc:
+            log.debug("router_plugin: could not count a clamped provider value: %s", exc)
+
     async def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
         if not ops:
             return
@@ -172,6 +187,13 @@ class SyncQuotaStore(SyncOperations, _Base):
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
         return _codec.parse_reserve(plan, tokens, reply)
+
+    def clamped_on(self, day: int) -> int:
+        """How many provider values were bounded on UTC day ``day`` (see ``QuotaStore.count_clamped``)."""
+        try:
+            return int(self.client.get(self.keys.clamped(day)) or 0)
+        except STORE_FAILURES as exc:
+            raise self._error("read the clamp count", exc) from exc
 
     def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
         if not ops:
