@@ -41,6 +41,16 @@ log = logging.getLogger("router_plugin.store")
 STORE_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
+# One count per UTC day of provider values bounded (providers/bounds.py), with the commands the least-privilege ACL
+# of SECURITY.md already allows (HMGET / HSET / PEXPIREAT inside EVALSHA); kept two days.
+_COUNT_CLAMPED = """
+local n = (tonumber(redis.call('HMGET', KEYS[1], 'n')[1]) or 0) + 1
+redis.call('HSET', KEYS[1], 'n', n)
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return n
+"""
+
+
 class _Base:
     def __init__(self, target: StoreTarget, prefix: str = "rp:", arrival_margin_s: float = 2.0):
         self.target = target
@@ -123,12 +133,9 @@ class QuotaStore(_Base):
         guard = getattr(self, "guard", None)
         if guard is not None and not guard.reachable:
             return
-        key = self.keys.clamped(day)
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 2 * 86_400)
-                await pipe.execute()
+            await self.client.register_script(_COUNT_CLAMPED)(keys=[self.keys.clamped(day)],
+                                                                args=[(day + 2) * 86_400_000])
         except (*STORE_FAILURES, StoreError) as exc:
             log.debug("router_plugin: could not count a clamped provider value: %s", exc)
 
@@ -191,7 +198,7 @@ class SyncQuotaStore(SyncOperations, _Base):
     def clamped_on(self, day: int) -> int:
         """How many provider values were bounded on UTC day ``day`` (see ``QuotaStore.count_clamped``)."""
         try:
-            return int(self.client.get(self.keys.clamped(day)) or 0)
+            return int(self.client.hmget(self.keys.clamped(day), "n")[0] or 0)
         except STORE_FAILURES as exc:
             raise self._error("read the clamp count", exc) from exc
 

@@ -68,7 +68,7 @@ class KeySpace:
         return f"{self.prefix}{{{plan.slot}}}:model:{plan.model.split('/', 1)[-1]}"
 
     def clamped(self, day: int) -> str:
-        """Count of provider values bounded on UTC day ``day`` (``router-plugin status``); expires after 2 days."""
+        """Hash (field ``n``): provider values bounded on UTC day ``day`` (``router-plugin status``); kept 2 days."""
         return f"{self.prefix}clamped:{day}"
 
     def reserve_keys(self, plan: DeploymentPlan) -> list[str]:
