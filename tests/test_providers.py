@@ -1015,7 +1015,8 @@ def test_fuzz_classify_never_raises(status, headers, body, now):
         _check_remaining(providers.remaining(provider, headers, body, now))
     _check_remaining(openrouter.remaining(headers, body, now))
     _check_remaining(groq.remaining(headers, now))
-    _check_bounded("openrouter", openrouter.classify(status, headers, body, now), openrouter.remaining(headers, body, now), now)
+    _check_bounded("openrouter", openrouter.classify(status, headers, body, now),
+                   openrouter.remaining(headers, body, now), now)
     _check_bounded("groq", groq.classify(status, headers, body, now), groq.remaining(headers, now), now)
 
 
@@ -1046,7 +1047,8 @@ def test_fuzz_any_reset_value_stays_inside_its_limits_bound(reset, retry, messag
     rl = {"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
     body = {"error": {"message": message, "code": 429, "metadata": {"headers": rl if in_body else {}}}}
     headers = {"retry-after": retry, **({} if in_body else rl)}
-    _check_bounded("openrouter", openrouter.classify(429, headers, body, now), openrouter.remaining(headers, body, now), now)
+    _check_bounded("openrouter", openrouter.classify(429, headers, body, now),
+                   openrouter.remaining(headers, body, now), now)
     gheaders = {"retry-after": retry, "x-ratelimit-reset-requests": reset, "x-ratelimit-reset-tokens": retry,
                 "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
     gbody = {"error": {"message": groq_message, "type": "requests", "code": "rate_limit_exceeded"}}
@@ -1063,7 +1065,8 @@ WEEK = 7 * 86_400
 def test_or_per_minute_reset_a_week_ahead_blocks_the_minute_until_the_end_of_the_next_minute_at_most():
     now = 1_796_677_440.0  # 2026-12-07 21:04:00 UTC
     rl = {"X-RateLimit-Limit": "16", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int((now + WEEK) * 1000))}
-    body = {"error": {"message": "Rate limit exceeded: free-models-per-min. ", "code": 429, "metadata": {"headers": rl}}}
+    body = {"error": {"message": "Rate limit exceeded: free-models-per-min. ", "code": 429,
+                      "metadata": {"headers": rl}}}
     fact = openrouter.classify(429, None, body, now + 17)
     assert isinstance(fact, Exhausted) and fact.limit == "minute" and not fact.model_only
     assert fact.until == now + 120  # the end of the next minute, 21:06:00

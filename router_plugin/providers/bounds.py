@@ -11,8 +11,9 @@ day for 166 h, a per-minute 429 with a reset a week ahead blocked the minute for
 
 A value past the bound is replaced by the bound; a reset in the past, or one that cannot be read (negative, NaN,
 junk), by the limit's default (the end of this minute, the next UTC midnight; a day reset at most ``SKEW_S`` ago is
-clock skew around midnight and kept). Each fact then carries a ``clamped`` sentence (full UTC date and time of what was said
-and what is used) that the callbacks log at WARNING and count for ``router-plugin status``. Pure: no I/O, no LiteLLM.
+clock skew around midnight and kept). Each fact then carries a ``clamped`` sentence (full UTC date and time of what
+was said and what is used) that the callbacks log at WARNING and count for ``router-plugin status``. Pure: no I/O,
+no LiteLLM.
 """
 
 from __future__ import annotations

@@ -40,9 +40,6 @@ from .facts import (
     Unknown,
 )
 
-#: Longest reset header read at all (seconds); what is believed is bounded per limit in ``bounds.py``.
-_MAX_WAIT = 2 * 86_400.0
-
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DUR_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _PLAIN = re.compile(r"\d+(?:\.\d*)?|\.\d+")

@@ -59,7 +59,8 @@ for i = 1, n do
     -- The arrival margin on a refill bucket. The provider sees each admission up to `margin` ms after we grant
     -- it, so delays in [0, margin] can squeeze every admission of any span of `margin` ms into one instant at the
     -- provider. The provider's level then never exceeds
-    --     C(now) = L(now - margin) + (admitted in the last margin ms)  =  L(now) + (drain L credited in the last margin ms)
+    --     C(now) = L(now - margin) + (admitted in the last margin ms)
+    --            = L(now) + (drain L credited in the last margin ms)
     -- where L is the plain bucket (drain credited whenever it is not empty). We admit only if C(now) + cost <= cap.
     -- "Drain credited in the last margin ms" is bounded with one stored time q (field spill, the "credit start"):
     -- it is at most (now - q) x rate, capped at margin x rate. q starts a busy period: an idle bucket has nothing
