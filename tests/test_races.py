@@ -340,6 +340,18 @@ def test_arrivals_within_the_margin_give_no_simulator_429s(store_kind, delays):
     assert len(steady) == 5, admitted
 
 
+def test_the_model_catches_a_late_burst_overfilling_the_providers_bucket():
+    """The delayed-arrival checker must be able to fail: a burst that reaches Groq 250 ms late, then two requests
+    that arrive at once, overfill its 4-per-second bucket (what the store admitted before issue 11 item 4)."""
+    model = Model(margin_ms=250)
+    keys = {c.key: c.key for c in GQ_SHORT.counters} | {"model": "x"}
+    for _ in range(4):
+        model.grant(keys, GQ_SHORT, 1, START_MS, delay=250)
+    model.grant(keys, GQ_SHORT, 1, START_MS + 573, delay=0)
+    with pytest.raises(AssertionError, match="the provider's bucket"):
+        model.grant(keys, GQ_SHORT, 1, START_MS + 573, delay=0)
+
+
 # ---- stress: 8 processes against one real redis-server --------------------------------------------------------
 
 STRESS_PROCESSES = 8
