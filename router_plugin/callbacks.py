@@ -168,6 +168,12 @@ class QuotaCallbacks(CustomLogger):
 
     async def _record(self, plan: DeploymentPlan, fact: Fact, classified_at: float | None = None) -> None:
         cd = self.settings.cooldowns
+        clamped = getattr(fact, "clamped", "")
+        if clamped:  # a provider value no limit can mean, bounded in providers/bounds.py: say so, count it
+            log.warning("router_plugin: %s: %s", plan.model, clamped)
+            count = getattr(self.store, "count_clamped", None)
+            if count is not None:
+                await count(int(time.time() // 86_400))
         if isinstance(fact, Exhausted):
             counter = next((c for c in plan.counters if c.limit.name == fact.limit), None)
             until_ms = int(fact.until * 1000)
@@ -183,7 +189,7 @@ class QuotaCallbacks(CustomLogger):
             else:
                 await self.store.block(plan, counter, until_ms, "exhausted (provider 429)", for_ms=for_ms)
             log.warning("router_plugin: %s exhausted %s until %s: %s", plan.model, fact.limit,
-                        time.strftime("%H:%M:%S UTC", time.gmtime(fact.until)), fact.detail)
+                        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fact.until)), fact.detail)
         elif isinstance(fact, (ModelBusy, ServerError)) and _stated_wait(fact) is not None:
             # The provider named the wait (Retry-After): set the model aside for exactly that long (no doubling),
             # bounded by that kind's longest cooldown.

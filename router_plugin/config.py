@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,6 +59,7 @@ class Metrics:
 
     enabled: bool = False
     port: int | None = None
+    host: str = "127.0.0.1"  # the address ``port`` binds: this machine only, unless set (0.0.0.0: every interface)
 
 
 @dataclass(frozen=True)
@@ -233,12 +235,17 @@ def _parse_metrics(raw: Any, where: str) -> Metrics:
     if not isinstance(raw, Mapping):
         raise ConfigError(where, "router_plugin.metrics", "must be a mapping like {enabled: true, port: 9464}")
     for key in raw:
-        if key not in ("enabled", "port"):
-            raise ConfigError(where, f"router_plugin.metrics.{key}", "unknown key", "expected enabled or port")
+        if key not in ("enabled", "port", "host"):
+            raise ConfigError(where, f"router_plugin.metrics.{key}", "unknown key", "expected enabled, port or host")
     port = _number(raw, "port", None, where, positive=True, integer=True, prefix="router_plugin.metrics.")
     if port is not None and port > 65535:
         raise ConfigError(where, "router_plugin.metrics.port", f"must be a TCP port (1-65535), got {port}")
-    return Metrics(enabled=_bool(raw, "enabled", True, where, prefix="router_plugin.metrics."), port=port)
+    host = raw.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host.strip()):
+        raise ConfigError(where, "router_plugin.metrics.host", f"must be an address to listen on, got {host!r}",
+                          "e.g. 127.0.0.1 (the default: this machine only) or 0.0.0.0 (every interface)")
+    return Metrics(enabled=_bool(raw, "enabled", True, where, prefix="router_plugin.metrics."), port=port,
+                   host=host.strip())
 
 
 def _choice(section: Mapping, name: str, options: tuple[str, ...], where: str) -> str:

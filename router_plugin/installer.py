@@ -100,7 +100,7 @@ def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:
     if inst.settings.metrics.enabled:
         from . import metrics
 
-        metrics.enable(router, port=inst.settings.metrics.port)
+        metrics.enable(router, port=inst.settings.metrics.port, addr=inst.settings.metrics.host)
 
 
 def installed(router: litellm.Router) -> Installed | None:

@@ -2,10 +2,12 @@
 
     import router_plugin.metrics
     router_plugin.metrics.enable(router)              # counters join prometheus_client's default registry
-    router_plugin.metrics.enable(router, port=9464)   # ... and are served on http://0.0.0.0:9464/metrics
+    router_plugin.metrics.enable(router, port=9464)   # ... and are served on http://127.0.0.1:9464/metrics
+    router_plugin.metrics.enable(router, port=9464, addr="0.0.0.0")   # ... on every interface
 
-or in the config: ``router_plugin: {metrics: {enabled: true, port: 9464}}`` (``build_router`` / ``install`` /
-the proxy hook then call ``enable`` for you).
+or in the config: ``router_plugin: {metrics: {enabled: true, port: 9464, host: 127.0.0.1}}`` (``build_router`` /
+``install`` / the proxy hook then call ``enable`` for you). ``host`` defaults to 127.0.0.1: the pools, models and
+quota left are not for the whole network unless you say so.
 
 Counters and the histogram (one increment per event, in the process that saw it):
 
@@ -286,7 +288,7 @@ def registry():
     return reg
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> Any | None:
+def serve(port: int, addr: str = "127.0.0.1") -> Any | None:
     """Serve ``/metrics`` on ``port`` once per process; None when another process already holds the port."""
     from prometheus_client import start_http_server
 
@@ -310,7 +312,7 @@ def serve(port: int, addr: str = "0.0.0.0") -> Any | None:
         return started
 
 
-def enable(router: Any, port: int | None = None, addr: str = "0.0.0.0") -> MetricsObserver:
+def enable(router: Any, port: int | None = None, addr: str = "127.0.0.1") -> MetricsObserver:
     """Count this router's requests, fallbacks, refusals, provider 429s and reservation latency, and report its
     pools' quota at scrape time; with ``port``, also serve ``/metrics``. Idempotent per router."""
     from .installer import installed

@@ -146,6 +146,7 @@ class Snapshot:
     pools: tuple[PoolStatus, ...]
     deployments: tuple[DeploymentStatus, ...]
     config: str | None = None
+    clamped_today: int | None = None  # provider values bounded today (providers/bounds.py); None: unknown
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +154,7 @@ class Snapshot:
             "key_prefix": self.key_prefix, "config": self.config,
             "pools": [p.as_dict(self.now) for p in self.pools],
             "deployments": [d.as_dict(self.now) for d in self.deployments],
+            "provider_values_clamped_today": self.clamped_today,
         }
 
     def pool(self, label_or_id: str) -> PoolStatus | None:
@@ -251,7 +253,9 @@ def take_snapshot(store: SyncQuotaStore, plans: Iterable[DeploymentPlan], config
         first: DeploymentPlan = pool["plan"]
         pool_rows.append(PoolStatus(slot, first.pool_label, first.provider, tuple(pool["deployments"]), tuple(limits)))
     deployments = tuple(deployment_status(store, plan, now) for plan in plans)
-    return Snapshot(now, store.target.describe(), store.keys.prefix, tuple(pool_rows), deployments, config)
+    clamped_on = getattr(store, "clamped_on", None)
+    clamped = clamped_on(int(now // 86_400)) if clamped_on is not None else None
+    return Snapshot(now, store.target.describe(), store.keys.prefix, tuple(pool_rows), deployments, config, clamped)
 
 
 # ---- text -----------------------------------------------------------------------------------------------------
@@ -282,6 +286,8 @@ def render_status(snap: Snapshot, title: str | None = None) -> str:
     for d in snap.deployments:
         dep_table.append((d.model, d.group, d.state, when(d.until, now), _clip(d.reason)))
     lines.append(render_table(dep_table))
+    if snap.clamped_today is not None:
+        lines += ["", f"provider values clamped today: {snap.clamped_today}"]
     return "\n".join(lines)
 
 

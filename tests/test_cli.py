@@ -111,7 +111,8 @@ def test_status_shows_pools_resets_cooldowns_and_quarantine(sim, redis_url, tmp_
     assert completions_sent(sim) == 4  # status itself sent nothing
 
 
-STATUS_KEYS = {"schema", "now", "now_utc", "store", "key_prefix", "config", "pools", "deployments"}
+STATUS_KEYS = {"schema", "now", "now_utc", "store", "key_prefix", "config", "pools", "deployments",
+               "provider_values_clamped_today"}
 POOL_KEYS = {"id", "label", "provider", "deployments", "limits"}
 LIMIT_KEYS = {"counter", "name", "unit", "window_s", "kind", "used", "limit", "remaining", "resets_at",
               "resets_at_utc", "resets_in_s", "state", "reason"}

@@ -292,3 +292,22 @@ def test_documented_proxy_log_config_shows_the_routing_lines(sim, redis_url):
                      r"attempt=1 tokens~\d+ skipped=\[\]$", lines[0]), lines
     assert lines[-1].endswith("a careless line with REDACTED in it")
     assert FAKE_OR_KEY not in stream.getvalue()
+
+
+def test_the_metrics_port_binds_this_machine_only_unless_a_host_is_set(sim, redis_url):
+    """Issue 11 item 8: the quota, pools and models on /metrics are not for the whole network by default."""
+    from router_plugin.config import parse_settings
+    from router_plugin.errors import ConfigError
+
+    port = free_port()
+    router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_B,),
+                                           metrics={"enabled": True, "port": port}))
+    assert metrics._servers[port][0].server_address[0] == "127.0.0.1"
+    other = free_port()
+    router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_B,),
+                                           metrics={"enabled": True, "port": other, "host": "127.0.0.2"}))
+    assert metrics._servers[other][0].server_address[0] == "127.0.0.2"
+    for bad in (12, "", "a b", ["0.0.0.0"]):
+        with pytest.raises(ConfigError, match=r"router_plugin\.metrics\.host") as err:
+            parse_settings({"metrics": {"enabled": True, "port": 9464, "host": bad}})
+        assert "\n" not in str(err.value) and "127.0.0.1" in str(err.value)

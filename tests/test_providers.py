@@ -982,6 +982,29 @@ def _check_remaining(items):
         assert r.reset_at is None or (isinstance(r.reset_at, float) and math.isfinite(r.reset_at))
 
 
+def _bound(provider: str, limit: str, now: float) -> float:
+    """The latest reset that ``limit`` of ``provider`` can mean, seen at ``now`` (issue 11 item 3)."""
+    if provider == "openrouter":
+        return (math.floor(now / 60) + 2) * 60 if limit == "minute" else (math.floor(now / 86_400) + 1) * 86_400
+    return now + (60.0 if limit in ("rpm", "tpm") else 86_400.0)
+
+
+def _check_bounded(provider: str, fact, items, now) -> None:
+    """Whatever the reply says, a reset stays inside its limit's bound and a busy wait within 120 s; a reset no
+    limit can mean says so in ``clamped``."""
+    if not (isinstance(now, float) and math.isfinite(now)):
+        return  # the parsers use the wall clock then
+    if isinstance(fact, Exhausted):
+        assert now - 121 <= fact.until <= _bound(provider, fact.limit, now) + 1e-6, (fact, now)
+    if isinstance(fact, (ModelBusy, ServerError)) and provider in ("openrouter", "groq"):
+        assert fact.retry_after is None or fact.retry_after <= 120.0
+    for r in items:
+        assert r.reset_at is None or r.reset_at <= _bound(provider, r.limit, now) + 1e-6, (r, now)
+    for f in (fact, *items):
+        note = getattr(f, "clamped", "")
+        assert isinstance(note, str) and ("\n" not in note) and (not note or " UTC" in note)
+
+
 @FUZZ
 @given(status=_STATUS, headers=_HEADERS, body=_BODIES, now=_NOW)
 def test_fuzz_classify_never_raises(status, headers, body, now):
@@ -992,6 +1015,131 @@ def test_fuzz_classify_never_raises(status, headers, body, now):
         _check_remaining(providers.remaining(provider, headers, body, now))
     _check_remaining(openrouter.remaining(headers, body, now))
     _check_remaining(groq.remaining(headers, now))
+    _check_bounded("openrouter", openrouter.classify(status, headers, body, now),
+                   openrouter.remaining(headers, body, now), now)
+    _check_bounded("groq", groq.classify(status, headers, body, now), groq.remaining(headers, now), now)
+
+
+_RESETS = st.one_of(
+    _WEIRD_NUMBERS, st.integers(-(10**15), 10**15).map(str), st.floats().map(str),
+    st.sampled_from(["600000", "604800000", "172000", "1e9", "1795000000", "1795000000000", "47h59m0s", "-0", ""]),
+)
+_OR_MESSAGES = st.sampled_from(
+    ["Rate limit exceeded: free-models-per-min. ", "Rate limit exceeded: free-models-per-day. ", "Rate limit exceeded",
+     "Rate limit exceeded: limit_rpm/a/b/c. limited to 8 requests per minute", "Rate limit exceeded: limit_rpd/a/b",
+     "Provider returned error"]
+)
+_GROQ_MESSAGES = st.builds(
+    lambda kind, wait: f"Rate limit reached for model `m` in organization `org_1` on {kind}: Limit 30, Used 30, "
+                       f"Requested 1. Please try again in {wait}.",
+    st.sampled_from(["requests per minute (RPM)", "tokens per minute (TPM)", "requests per day (RPD)",
+                     "tokens per day (TPD)"]),
+    st.one_of(_RESETS, st.sampled_from(["47h59m0s", "99999999999h", "2m59.56s", "1.5s", "0s", "170000s"])),
+)
+
+
+@FUZZ
+@given(reset=_RESETS, retry=_RESETS, message=_OR_MESSAGES, groq_message=_GROQ_MESSAGES, now=_NOW,
+       in_body=st.booleans())
+def test_fuzz_any_reset_value_stays_inside_its_limits_bound(reset, retry, message, groq_message, now, in_body):
+    """Issue 11 item 3: the reset values themselves fuzzed (seconds for ms, a week ahead, negative, NaN, junk) in the
+    places providers put them: a 429 of any kind must block no longer than its limit can mean."""
+    rl = {"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
+    body = {"error": {"message": message, "code": 429, "metadata": {"headers": rl if in_body else {}}}}
+    headers = {"retry-after": retry, **({} if in_body else rl)}
+    _check_bounded("openrouter", openrouter.classify(429, headers, body, now),
+                   openrouter.remaining(headers, body, now), now)
+    gheaders = {"retry-after": retry, "x-ratelimit-reset-requests": reset, "x-ratelimit-reset-tokens": retry,
+                "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
+    gbody = {"error": {"message": groq_message, "type": "requests", "code": "rate_limit_exceeded"}}
+    _check_bounded("groq", groq.classify(429, gheaders, gbody, now), groq.remaining(gheaders, now), now)
+    _check_bounded("groq", groq.classify(429, gheaders, {"error": {"message": "x", "code": "rate_limit_exceeded"}},
+                                         now), [], now)
+
+
+# ---- issue 11 item 3: impossible provider values are bounded by what the limit can mean ---------------------------
+
+WEEK = 7 * 86_400
+
+
+def test_or_per_minute_reset_a_week_ahead_blocks_the_minute_until_the_end_of_the_next_minute_at_most():
+    now = 1_796_677_440.0  # 2026-12-07 21:04:00 UTC
+    rl = {"X-RateLimit-Limit": "16", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int((now + WEEK) * 1000))}
+    body = {"error": {"message": "Rate limit exceeded: free-models-per-min. ", "code": 429,
+                      "metadata": {"headers": rl}}}
+    fact = openrouter.classify(429, None, body, now + 17)
+    assert isinstance(fact, Exhausted) and fact.limit == "minute" and not fact.model_only
+    assert fact.until == now + 120  # the end of the next minute, 21:06:00
+    assert fact.clamped == ("OpenRouter said the minute resets at 2026-12-14 21:04:00 UTC (7 days); a per-minute "
+                            "limit resets by 2026-12-07 21:06:00 UTC: using that")
+    # the same from the HTTP headers, and a per-model limit: bounded the same way
+    assert openrouter.classify(429, rl, {"error": {"message": "Rate limit exceeded", "code": 429}}, now).until \
+        <= now + 120 + 86_400  # no message: a reset days ahead is read as the day (bounded below)
+    per_model = openrouter.classify(429, rl, OR_LIMIT_RPM, now + 17)
+    assert per_model.model_only and per_model.until == now + 120 and "of this model" in per_model.clamped
+    # a reset just ahead is used as given
+    ok = {**rl, "X-RateLimit-Reset": str(int((now + 60) * 1000))}
+    good = openrouter.classify(429, ok, body, now + 17)
+    assert (good.until, good.clamped) == (now + 60, "")
+
+
+def test_or_day_reset_sent_in_seconds_instead_of_ms_blocks_only_until_utc_midnight():
+    now = NOW  # 2026-05-20 23:00:00Z
+    headers = {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "600000"}
+    fact = openrouter.classify(429, headers, {"error": {"message": "Rate limit exceeded: free-models-per-day. ",
+                                                        "code": 429}}, now)
+    assert isinstance(fact, Exhausted) and fact.limit == "day"
+    assert fact.until == 1779321600.0  # 2026-05-21 00:00:00Z, not 166 h later
+    assert "2026-05-21 00:00:00 UTC" in fact.clamped and "(7 days)" in fact.clamped
+    left = openrouter.remaining(headers, {"error": {"message": "free-models-per-day", "code": 429}}, now)
+    assert left[0].reset_at == 1779321600.0 and left[0].clamped
+
+
+@pytest.mark.parametrize("reset", ["-5", "NaN", "garbage", "0", str(int((NOW - 3 * 86_400) * 1000))])
+def test_or_reset_in_the_past_or_unreadable_gets_the_limits_default(reset):
+    headers = {"X-RateLimit-Limit": "16", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
+    minute = openrouter.classify(429, headers, {"error": {"message": "free-models-per-min", "code": 429}}, NOW + 5)
+    assert minute.limit == "minute" and minute.until == NOW + 60  # the end of this clock minute
+    assert minute.clamped and "using 2026-05-20 23:01:00 UTC" in minute.clamped
+    day = openrouter.classify(429, headers, {"error": {"message": "free-models-per-day", "code": 429}}, NOW)
+    assert day.limit == "day" and day.until == (NOW if reset == "0" else 1779321600.0)  # "0": a delta, "now"
+
+
+@pytest.mark.parametrize(
+    ("message", "headers", "limit", "wait"),
+    [
+        ("on requests per minute (RPM): Limit 30, Used 30, Requested 1. Please try again in 47h59m0s.", {}, "rpm", 60),
+        ("on requests per minute (RPM): Limit 30, Used 30, Requested 1.", {"retry-after": "172000"}, "rpm", 60),
+        ("on tokens per minute (TPM): Limit 6000, Used 6000, Requested 9. Please try again in 170000s.", {}, "tpm", 60),
+        ("on requests per day (RPD): Limit 1000, Used 1000, Requested 1.", {"retry-after": "172000"}, "rpd", 86_400),
+        ("on tokens per day (TPD): Limit 9, Used 9, Requested 9. Please try again in 99999999999h.", {}, "tpd", 86_400),
+    ],
+)
+def test_groq_waits_longer_than_the_bucket_window_are_bounded_by_it(message, headers, limit, wait):
+    now = 1_796_677_440.0
+    body = {"error": {"message": f"Rate limit reached for model `m` in organization `org_1` {message}",
+                      "code": "rate_limit_exceeded"}}
+    fact = groq.classify(429, headers, body, now)
+    assert isinstance(fact, Exhausted) and fact.limit == limit
+    assert fact.until == now + wait
+    assert fact.clamped.startswith("Groq said ") and " UTC" in fact.clamped
+
+
+def test_groq_remaining_resets_are_bounded_by_the_window():
+    now = 1_796_677_440.0
+    left = groq.remaining({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "47h59m0s",
+                           "x-ratelimit-remaining-tokens": "5", "x-ratelimit-reset-tokens": "2m"}, now)
+    assert [(r.limit, r.reset_at - now) for r in left] == [("rpd", 86_400.0), ("tpm", 60.0)]
+
+
+def test_busy_and_server_retry_after_are_bounded():
+    now = 1_796_677_440.0
+    busy = openrouter.classify(429, {"retry-after": "172000"}, OR_UPSTREAM_2026, now)
+    assert isinstance(busy, ModelBusy) and busy.retry_after == 120.0 and busy.clamped
+    down = groq.classify(503, {"retry-after": "604800"}, {"error": {"message": "over capacity"}}, now)
+    assert isinstance(down, ServerError) and down.retry_after == 120.0 and down.clamped
+    fine = openrouter.classify(429, {"retry-after": "3"}, OR_UPSTREAM_2026, now)
+    assert (fine.retry_after, fine.clamped) == (3.0, "")
 
 
 @FUZZ

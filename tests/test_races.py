@@ -6,8 +6,9 @@
   each limit must never see more admitted than the limit in any window:
     - fixed window (OpenRouter account minute / day): units admitted in window w, plus units admitted within the
       arrival margin before w's start (they may reach the provider in w), never exceed the capacity;
-    - refill bucket (Groq rpm / rpd / tpm / tpd): a plain token bucket fed the same grants, settles and refunds at
-      the same instants never holds more than the capacity after a grant (the store's margin only delays credit);
+    - refill bucket (Groq rpm / rpd / tpm / tpd): the provider's plain token bucket, where each grant ARRIVES at its
+      reservation time plus a delay in [0, arrival margin] drawn by hypothesis (settles, refunds and calibrations
+      come after the arrival of what they correct), never holds more than the capacity after an arrival;
     - nothing is admitted while one of the deployment's counters is blocked or the model is cooling down.
 * a stress test: 8 processes x 32 concurrent coroutines reserving (and settling) against a real redis-server with
   limits small enough to hit many times, windows of 1.5-6 s so that many windows pass; every grant's Redis time is
@@ -61,13 +62,19 @@ START_MS = 1_795_780_810_000  # 2026-11-26 12:00:10 UTC
 
 
 class Model:
-    """The limits as a provider applies them, kept independently of the store's code."""
+    """The limits as a provider applies them, kept independently of the store's code.
+
+    A grant reaches the provider ``delay`` ms after its reservation (0 <= delay <= the arrival margin): the refill
+    buckets take arrivals in time order, pending ones wait until the clock passes them.
+    """
 
     def __init__(self, margin_ms: int):
         self.margin = margin_ms
         self.fixed_used: dict[tuple[str, int], float] = defaultdict(float)  # (counter key, window) -> units
         self.fixed_spill: dict[tuple[str, int], float] = defaultdict(float)
         self.level: dict[str, tuple[float, int]] = {}  # refill counter key -> (level, at_ms)
+        self.pending: dict[str, list[tuple[int, float]]] = defaultdict(list)  # refill key -> [(arrival_ms, cost)]
+        self.caps: dict[str, Limit] = {}
         self.blocked: dict[str, int] = defaultdict(int)  # redis key -> until_ms
 
     def _drained(self, key: str, limit: Limit, now: int) -> float:
@@ -81,8 +88,26 @@ class Model:
             self.fixed_used[k] = self.fixed_spill.get((key, w - 1), 0.0)
         return k
 
-    def grant(self, keys: dict, plan: DeploymentPlan, tokens: int, now: int) -> None:
+    def arrive(self, key: str, until: float) -> None:
+        """Deliver the pending arrivals of ``key`` up to ``until`` ms, in time order, to the provider's bucket."""
+        limit = self.caps.get(key)
+        queue = sorted(self.pending.get(key, ()))
+        while queue and queue[0][0] <= until:
+            at, cost = queue.pop(0)
+            level = self._drained(key, limit, at) + cost
+            self.level[key] = (level, at)
+            assert level <= limit.capacity + 1e-6, (
+                f"{key}: the provider's bucket at {level:.3f} > {limit.capacity} (arrival at +{at - START_MS} ms)"
+            )
+        self.pending[key] = queue
+
+    def arrive_all(self) -> None:
+        for key in list(self.pending):
+            self.arrive(key, math.inf)
+
+    def grant(self, keys: dict, plan: DeploymentPlan, tokens: int, now: int, delay: int = 0) -> None:
         assert self.blocked[keys["model"]] <= now, "admitted while the model is cooling down"
+        assert 0 <= delay <= self.margin
         for c in plan.counters:
             key, limit = keys[c.key], c.limit
             assert self.blocked[key] <= now, f"admitted while {c.key} is blocked"
@@ -97,9 +122,10 @@ class Model:
                     f"limit {limit.capacity}"
                 )
             else:
-                level = self._drained(key, limit, now) + cost
-                self.level[key] = (level, now)
-                assert level <= limit.capacity + 1e-6, f"{c.key}: bucket at {level} > {limit.capacity}"
+                self.caps[key] = limit
+                self.arrive(key, now)
+                self.pending[key].append((now + delay, cost))
+                self.arrive(key, now)  # a delay of 0 arrives at once
 
     def adjust(self, keys: dict, ops: list, now: int) -> None:
         for counter, op, value, window in ops:
@@ -111,6 +137,12 @@ class Model:
                 elif op == ">":
                     self.fixed_used[k] = max(self.fixed_used[k], value)
             else:
+                # A settle, refund or calibration comes after what it corrects reached the provider: whatever is
+                # still on its way arrives now (a delay within [0, margin], as every pending arrival is younger).
+                self.caps[key] = limit
+                self.arrive(key, now)
+                self.pending[key] = [(now, cost) for _, cost in self.pending[key]]
+                self.arrive(key, now)
                 level = self._drained(key, limit, now)
                 level = max(0.0, level + value) if op == "+" else max(level, value)
                 self.level[key] = (level, now)
@@ -154,10 +186,17 @@ op_strategy = st.one_of(
 # spill (adjust.lua reset a fixed window without carrying it), so 5 got in where 3 may land.
 @example(margin_ms=250, start_offset=0, ops=[("wait", 880), ("reserve", 0, 1), ("reserve", 0, 1), ("reserve", 1, 1),
                                             ("wait", 200), ("calibrate", 0, 0, 2), ("reserve", 0, 1),
-                                            ("reserve", 1, 1)])
-@given(margin_ms=st.sampled_from([0, 250]), start_offset=st.integers(0, 999),
-       ops=st.lists(op_strategy, min_size=1, max_size=60))
-def test_lua_and_twin_agree_and_never_admit_more_than_the_limit(margin_ms, start_offset, ops):
+                                            ("reserve", 1, 1)], delays=[0])
+# Issue 11 item 4: a burst that reaches Groq as late as the margin allows, then two requests that arrive at once.
+# The store used to keep the plain drained level, so the margin's credit was spent by the first admission after the
+# burst and the second one overfilled the provider's bucket (4 + 0.7 > 4).
+@example(margin_ms=250, start_offset=0, ops=[("reserve", 2, 1)] * 4 + [("wait", 333), ("wait", 120), ("wait", 120)]
+         + [("reserve", 2, 1)] * 2, delays=[1000] * 4 + [0, 0])
+@given(margin_ms=st.sampled_from([0, 250, 600]), start_offset=st.integers(0, 999),
+       ops=st.lists(op_strategy, min_size=1, max_size=60),
+       delays=st.lists(st.integers(0, 1000), min_size=1, max_size=60))
+def test_lua_and_twin_agree_and_never_admit_more_than_the_limit(margin_ms, start_offset, ops, delays):
+    """``delays``: the n-th grant reaches the provider ``margin x delays[n] / 1000`` ms after its reservation."""
     now = [START_MS + start_offset * 7]
     lua = SyncQuotaStore(StoreTarget(url="redis://fakeredis"), client=fakeredis.FakeRedis(),
                          arrival_margin_s=margin_ms / 1000)
@@ -179,7 +218,8 @@ def test_lua_and_twin_agree_and_never_admit_more_than_the_limit(margin_ms, start
                 _same(a, b)
                 assert a.now_ms == now[0]  # time is Redis TIME (here fakeredis's, driven by the test clock)
                 if kind == "reserve" and isinstance(a, Reservation):
-                    model.grant(_keys(lua, plan), plan, op[2], a.now_ms)
+                    delay = margin_ms * delays[len(granted) % len(delays)] // 1000
+                    model.grant(_keys(lua, plan), plan, op[2], a.now_ms, delay)
                     granted.append(a)
             elif kind in ("settle", "refund"):
                 if not granted:
@@ -218,6 +258,7 @@ def test_lua_and_twin_agree_and_never_admit_more_than_the_limit(margin_ms, start
                 assert a == b
                 key = lua.keys.model(plan)
                 model.blocked[key] = max(model.blocked[key], a[0])
+        model.arrive_all()  # what is still on its way reaches the provider too
         # Same data left behind, key by key (and every key expires).
         for key in lua.client.keys("*"):
             name = key.decode()
@@ -241,6 +282,74 @@ def test_the_model_catches_over_admission():
         model.grant(keys, OR_SHORT, 1, window_end - 100 + i)
     with pytest.raises(AssertionError, match="admitted in window"):
         model.grant(keys, OR_SHORT, 1, window_end + 10)  # a 4th in the next window: 4 > 3 at the provider
+
+
+# ---- delayed arrivals against the simulator's Groq buckets -----------------------------------------------------
+
+
+def _delayed_arrivals_429s(store_kind: str, delays: str, seconds: float = 24.0) -> tuple[int, list[int]]:
+    """Issue 11 item 4, in virtual time: the real Groq plan (gpt-oss-20b: 30 rpm) with the default 2 s margin;
+    a burst of 30, then a client asks every 50 ms; every admitted request reaches the simulator's Groq buckets
+    (``sim.limits``, Groq's refilling limits) 0.1-1.5 s after its reservation: ``delays`` "random" (uniform), or
+    "late-burst" (the burst 1.5 s late, everything after it 0.1 s). Returns (simulator 429s, admission times, ms)."""
+    from router_plugin.sim.catalog import GROQ_MODELS
+    from router_plugin.sim.limits import GroqLimits
+
+    now = [START_MS]
+    plan = plan_for({"model_name": "c", "litellm_params": {"model": "groq/openai/gpt-oss-20b",
+                                                           "api_key": "delay-key"}}, PlanInputs())
+    if store_kind == "lua":
+        store = SyncQuotaStore(StoreTarget(url="redis://fakeredis"), client=fakeredis.FakeRedis(), arrival_margin_s=2.0)
+    else:
+        store = LocalQuotaStore(arrival_margin_s=2.0, clock_ms=lambda: now[0])
+    groq = GroqLimits(GROQ_MODELS["openai/gpt-oss-20b"].caps)
+    rng = random.Random(11)
+    arrivals: list[int] = []
+    admitted: list[int] = []
+    refused = 0
+    with mock.patch("time.time", lambda: now[0] / 1000):
+        while now[0] < START_MS + seconds * 1000:
+            for _ in range(30 if now[0] == START_MS else 1):  # the burst, then one ask per tick
+                outcome = store.reserve(plan, 100)
+                if isinstance(outcome, Reservation):
+                    admitted.append(now[0] - START_MS)
+                    if delays == "random":
+                        delay = rng.randint(100, 1500)
+                    else:
+                        delay = 1500 if now[0] == START_MS else 100
+                    arrivals.append(now[0] + delay)
+            arrivals.sort()
+            while arrivals and arrivals[0] <= now[0] + 50:
+                at = arrivals.pop(0)
+                if groq.try_admit(100, at / 1000) is not None:
+                    refused += 1
+            now[0] += 50
+    return refused, admitted
+
+
+@pytest.mark.parametrize("store_kind", ["lua", "twin"])
+@pytest.mark.parametrize("delays", ["random", "late-burst"])
+def test_arrivals_within_the_margin_give_no_simulator_429s(store_kind, delays):
+    refused, admitted = _delayed_arrivals_429s(store_kind, delays)
+    assert refused == 0, f"{refused} simulator 429s from arrivals 0.1-1.5 s late (margin 2 s)"
+    # The burst room is the whole 30; the next request waits out the margin once (4 s: 2 s of refill + 2 s margin);
+    # then the rate is the plain bucket's: one every 2 s.
+    assert admitted[:30] == [0] * 30
+    assert admitted[30] == 4000
+    steady = [t for t in admitted if 10_000 <= t < 20_000]
+    assert len(steady) == 5, admitted
+
+
+def test_the_model_catches_a_late_burst_overfilling_the_providers_bucket():
+    """The delayed-arrival checker must be able to fail: a burst that reaches Groq 250 ms late, then two requests
+    that arrive at once, overfill its 4-per-second bucket (what the store admitted before issue 11 item 4)."""
+    model = Model(margin_ms=250)
+    keys = {c.key: c.key for c in GQ_SHORT.counters} | {"model": "x"}
+    for _ in range(4):
+        model.grant(keys, GQ_SHORT, 1, START_MS, delay=250)
+    model.grant(keys, GQ_SHORT, 1, START_MS + 573, delay=0)
+    with pytest.raises(AssertionError, match="the provider's bucket"):
+        model.grant(keys, GQ_SHORT, 1, START_MS + 573, delay=0)
 
 
 # ---- stress: 8 processes against one real redis-server --------------------------------------------------------

@@ -19,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -266,6 +267,18 @@ def test_redis_auth(tmp_path):
         limited.cool(plan, "busy upstream", 1, 2)
         limited.settle(limited.reserve(plan_for({"model_name": "c", "litellm_params": {"model": GQ_A, "api_key": GQ_KEY}},
                                                 PlanInputs()), 50), 10)
+        # the clamp count (issue 11 item 3) needs no more than that either: counted by a worker, read by status
+        from router_plugin.store import QuotaStore
+
+        today = int(time.time() // 86_400)
+
+        async def count_one():
+            worker = QuotaStore(resolve_target(limited_url, None, 1.0))
+            await worker.count_clamped(today)
+            await worker.aclose()
+
+        asyncio.run(count_one())
+        assert limited.clamped_on(today) == 1
         with pytest.raises(redis.exceptions.NoPermissionError):
             redis.Redis.from_url(limited_url).get("other-app:secret")
         for url in (f"redis://127.0.0.1:{server.port}/0", f"redis://:wrong-{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"):

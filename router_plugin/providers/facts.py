@@ -3,7 +3,9 @@
 Parsers never raise: whatever they cannot read becomes ``Unknown``. The callbacks turn facts into
 store actions (block a pool, cool or quarantine one model, calibrate a counter).
 
-Times are absolute epoch seconds (float) so every worker agrees on them.
+Times are absolute epoch seconds (float) so every worker agrees on them. A reset or wait a provider stated is
+bounded by what its limit can mean (``bounds.py``); ``clamped`` then says what was said and what is used instead
+(one line, full UTC dates), "" when the value was used as given.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Exhausted:
     detail: str
     capacity: int | None = None
     model_only: bool = False
+    clamped: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ModelBusy:
 
     detail: str
     retry_after: float | None = None
+    clamped: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class ServerError:
     status: int | None
     detail: str
     retry_after: float | None = None
+    clamped: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,3 +120,4 @@ class Remaining:
     remaining: int
     capacity: int | None = None
     reset_at: float | None = None
+    clamped: str = ""

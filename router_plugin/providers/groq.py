@@ -26,6 +26,7 @@ from ._common import (
     to_int,
     to_status,
 )
+from .bounds import GROQ_WINDOW_S, busy_wait, groq_wait
 from .facts import (
     ContextTooLong,
     Exhausted,
@@ -38,9 +39,6 @@ from .facts import (
     ServerError,
     Unknown,
 )
-
-#: Longest wait (seconds) believed from a provider: a day limit refills within 24 h.
-_MAX_WAIT = 2 * 86_400.0
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DUR_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -103,8 +101,8 @@ def remaining(headers: Any, now: float) -> list[Remaining]:
     """Calibration data from Groq's ``x-ratelimit-*`` headers (providers.md §2.2).
 
     ``-requests`` describe the DAY (``"rpd"``), ``-tokens`` the MINUTE (``"tpm"``); ``reset_at`` is
-    ``now + parse_duration(reset)``. An entry whose remaining count is missing or garbled is left out; a garbled
-    limit or reset becomes None.
+    ``now + parse_duration(reset)``, bounded by the bucket's window (60 s / 86 400 s, ``bounds.py``). An entry whose
+    remaining count is missing or garbled is left out; a garbled limit or reset becomes None.
     """
     try:
         now, h = finite_now(now), normalize_headers(headers)
@@ -113,9 +111,10 @@ def remaining(headers: Any, now: float) -> list[Remaining]:
             left = to_int(header(h, f"x-ratelimit-remaining-{suffix}"))
             if left is None:
                 continue
-            wait = parse_duration(header(h, f"x-ratelimit-reset-{suffix}"))
-            reset_at = now + wait if wait is not None and wait <= _MAX_WAIT else None
-            out.append(Remaining(name, left, to_int(header(h, f"x-ratelimit-limit-{suffix}")), reset_at))
+            raw = header(h, f"x-ratelimit-reset-{suffix}")
+            wait, clamped = groq_wait(name, parse_duration(raw), f"x-ratelimit-reset-{suffix}: {raw}", now)
+            reset_at = now + wait if wait is not None else None
+            out.append(Remaining(name, left, to_int(header(h, f"x-ratelimit-limit-{suffix}")), reset_at, clamped))
         return out
     except Exception:  # pragma: no cover - defensive
         return []
@@ -137,29 +136,39 @@ def _num(pattern: re.Pattern[str], msg: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _wait(limit: LimitName, msg: str, h: dict[str, str], now: float) -> float:
-    """Seconds until the limit admits the request again (providers.md §2.2-2.3).
+def _wait(limit: LimitName, msg: str, h: dict[str, str], now: float) -> tuple[float, str]:
+    """Seconds until the limit admits the request again (providers.md §2.2-2.3), and the ``clamped`` note.
 
     Preference: the body's "Please try again in <dur>" -> ``retry-after`` -> the reset header of that limit
     (``-tokens`` for tpm, ``-requests`` for rpd) -> the token-bucket formula (used + requested - limit) x
-    window / limit (§2.2 INF) -> window / limit -> 60 s.
+    window / limit (§2.2 INF) -> window / limit -> 60 s. The first stated wait that can be read is used, bounded by
+    the bucket's window (rpm / tpm 60 s, rpd / tpd 86 400 s): a bucket refills completely within it.
     """
     m = _TRY_AGAIN.search(msg)
-    candidates = [
-        parse_duration(m.group(1).rstrip(".")) if m else None,
-        retry_after(h, now),
-        parse_duration(header(h, "x-ratelimit-reset-tokens")) if limit == "tpm" else None,
-        parse_duration(header(h, "x-ratelimit-reset-requests")) if limit == "rpd" else None,
+    said = [
+        m.group(1).rstrip(".") if m else None,
+        header(h, "retry-after"),
+        header(h, "x-ratelimit-reset-tokens") if limit == "tpm" else None,
+        header(h, "x-ratelimit-reset-requests") if limit == "rpd" else None,
     ]
+    names = ["try again in ", "retry-after: ", "x-ratelimit-reset-tokens: ", "x-ratelimit-reset-requests: "]
+    candidates = [
+        parse_duration(said[0]) if said[0] else None,
+        retry_after(h, now),
+        parse_duration(said[2]) if said[2] else None,
+        parse_duration(said[3]) if said[3] else None,
+    ]
+    for c, text, name in zip(candidates, said, names):
+        if c is not None:
+            wait, clamped = groq_wait(limit, c, f"{name}{text}", now)
+            if wait is not None:
+                return wait, clamped
     cap, used, req = _num(_LIMIT, msg), _num(_USED, msg), _num(_REQUESTED, msg)
-    window = 86_400.0 if limit.endswith("d") else 60.0
+    window = GROQ_WINDOW_S.get(limit, 60.0)
     if cap:
         over = (used + req - cap) if used is not None and req is not None else 1
-        candidates.append(max(over, 1) * window / cap)
-    for c in candidates:
-        if c is not None and 0 <= c <= _MAX_WAIT:
-            return c
-    return 60.0
+        return min(max(over, 1) * window / cap, window), ""
+    return 60.0, ""
 
 
 def _short(msg: str) -> str:
@@ -199,10 +208,11 @@ def classify(status: int | None, headers: Any, body: Any, now: float) -> Fact | 
             return ContextTooLong(detail)
         if st == 429 or code == "rate_limit_exceeded":
             limit = _limit_name(msg, reply)
-            wait = _wait(limit, msg, h, now)
-            return Exhausted(limit, now + wait, detail, _num(_LIMIT, msg))
+            wait, clamped = _wait(limit, msg, h, now)
+            return Exhausted(limit, now + wait, detail, _num(_LIMIT, msg), clamped=clamped)
         if st is None or st in (408, 498) or st >= 500 or code == "capacity_exceeded":
-            return ServerError(st, detail, retry_after(h, now))
+            wait, clamped = busy_wait(retry_after(h, now), "Groq", now)
+            return ServerError(st, detail, wait, clamped)
         if st == 413:
             return RequestTooLarge(detail, _num(_LIMIT, msg))
         if 400 <= st < 500:

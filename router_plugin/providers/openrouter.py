@@ -7,6 +7,7 @@ cannot read. Times are epoch seconds.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -19,7 +20,6 @@ from ._common import (
     header,
     next_utc_midnight,
     normalize_headers,
-    plausible,
     read_reply,
     retry_after,
     scrub,
@@ -27,6 +27,7 @@ from ._common import (
     to_float,
     to_status,
 )
+from .bounds import busy_wait, openrouter_until
 from .facts import (
     ContextTooLong,
     CreditsExhausted,
@@ -55,7 +56,8 @@ class _RateLimit:
 
     Looked for in the HTTP headers, then in ``error.metadata.headers`` (mirrored in the body), then in the raw
     text. ``reset`` is epoch seconds (the wire value is epoch milliseconds; a seconds epoch or a small delta is
-    tolerated), ``None`` when absent or implausible.
+    tolerated), ``None`` when absent or unreadable (``reset_raw`` keeps the wire text); it is NOT bounded here:
+    :meth:`until` bounds it by what the limit can mean (``bounds.py``).
     """
 
     def __init__(self, h: dict[str, str], reply: Reply, now: float):
@@ -64,14 +66,22 @@ class _RateLimit:
             sources.append({f"x-ratelimit-{k.lower()}": v for k, v in _RL_IN_TEXT.findall(reply.text[:8192])})
         self.limit = self.remaining = None
         self.reset: float | None = None
+        self.reset_raw: str | None = None
         self.present = False
         for src in sources:
             if any(header(src, f"x-ratelimit-{k}") is not None for k in ("limit", "remaining", "reset")):
                 self.present = True
                 self.limit = to_int(header(src, "x-ratelimit-limit"))
                 self.remaining = to_int(header(src, "x-ratelimit-remaining"))
-                self.reset = _reset_epoch(to_float(header(src, "x-ratelimit-reset")), now)
+                self.reset_raw = header(src, "x-ratelimit-reset")
+                if self.reset_raw is not None:
+                    self.reset_raw = str(self.reset_raw)
+                self.reset = _reset_epoch(to_float(self.reset_raw), now)
                 break
+
+    def until(self, window: str, now: float, default: float | None, model_only: bool = False) -> tuple[float, str]:
+        """The reset, bounded by what ``window`` can mean; ``default`` when absent; (until, clamped)."""
+        return openrouter_until(window, self.reset, self.reset_raw, now, default, model_only=model_only)
 
 
 def _reset_epoch(v: float | None, now: float) -> float | None:
@@ -84,7 +94,7 @@ def _reset_epoch(v: float | None, now: float) -> float | None:
         ts = v
     else:
         ts = now + v
-    return plausible(ts, now)
+    return ts if math.isfinite(ts) else None
 
 
 def _is_midnight(ts: float) -> bool:
@@ -166,20 +176,25 @@ def _rate_limited(reply: Reply, h: dict[str, str], now: float, *, stream: bool =
         window = "day" if per_model and per_model.group(1).lower() == "d" else "minute"
         m = _LIMITED_TO.search(reply.message)
         capacity = rl.limit if rl.limit is not None else int(m.group(1)) if m else None
-        until = rl.reset if rl.reset is not None else _default_until(window, now)
-        return Exhausted(window, until, detail, capacity, model_only=True)
+        until, clamped = rl.until(window, now, _default_until(window, now), model_only=True)
+        return Exhausted(window, until, detail, capacity, model_only=True, clamped=clamped)
     upstream = _is_upstream(reply)
     if _says_platform(reply) or (rl.present and not upstream):
         window = _window(reply, rl, now)
-        until = rl.reset if rl.reset is not None else _default_until(window, now)
-        return Exhausted(window, until, detail, rl.limit)
+        until, clamped = rl.until(window, now, _default_until(window, now))
+        return Exhausted(window, until, detail, rl.limit, clamped=clamped)
     if upstream:
-        return ModelBusy(_busy_detail(reply), retry_after(h, now))
+        return _busy(_busy_detail(reply), h, now)
     if stream:
-        return ModelBusy(detail, retry_after(h, now))
+        return _busy(detail, h, now)
     if reply.info("error_type") == "rate_limit_exceeded" or reply.message.lower().startswith("rate limit exceeded"):
         return Exhausted("minute", end_of_minute(now), detail)
-    return ModelBusy(detail, retry_after(h, now))
+    return _busy(detail, h, now)
+
+
+def _busy(detail: str, h: dict[str, str], now: float) -> ModelBusy:
+    wait, clamped = busy_wait(retry_after(h, now), "OpenRouter", now)
+    return ModelBusy(detail, wait, clamped)
 
 
 # --------------------------------------------------------------------------------------------- other statuses
@@ -207,7 +222,8 @@ def _by_status(st: int | None, reply: Reply, h: dict[str, str], now: float, stre
     if st == 400 and "not a valid model id" in low:
         return ModelGone(detail)
     if st is None or st == 408 or st >= 500:
-        return ServerError(st, detail, retry_after(h, now))
+        wait, clamped = busy_wait(retry_after(h, now), "OpenRouter", now)
+        return ServerError(st, detail, wait, clamped)
     if 400 <= st < 500:
         return Rejected(st, detail)
     return Unknown(detail)
@@ -249,7 +265,9 @@ def remaining(headers: Any, body: Any, now: float) -> list[Remaining]:
             return []
         if reply.info("limit_source") in ("openrouter_shared_capacity", "upstream_provider_shared_pool"):
             return []
-        return [Remaining(_window(reply, rl, now), rl.remaining, rl.limit, rl.reset)]
+        window = _window(reply, rl, now)
+        reset_at, clamped = rl.until(window, now, None)
+        return [Remaining(window, rl.remaining, rl.limit, reset_at, clamped)]
     except Exception:  # pragma: no cover - defensive
         return []
 

@@ -41,6 +41,16 @@ log = logging.getLogger("router_plugin.store")
 STORE_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
+# One count per UTC day of provider values bounded (providers/bounds.py), with the commands the least-privilege ACL
+# of SECURITY.md already allows (HMGET / HSET / PEXPIREAT inside EVALSHA); kept two days.
+_COUNT_CLAMPED = """
+local n = (tonumber(redis.call('HMGET', KEYS[1], 'n')[1]) or 0) + 1
+redis.call('HSET', KEYS[1], 'n', n)
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return n
+"""
+
+
 class _Base:
     def __init__(self, target: StoreTarget, prefix: str = "rp:", arrival_margin_s: float = 2.0):
         self.target = target
@@ -117,6 +127,18 @@ class QuotaStore(_Base):
         args = _codec.mark_args(until_ms, int(base_s * 1000), escalate, int(max_s * 1000), why)
         return (await self._mark(self.keys.model(plan), args))[1]
 
+    async def count_clamped(self, day: int) -> None:
+        """Count one provider value bounded on UTC day ``day`` (shown by ``router-plugin status``). Best effort: a
+        store that is down (or known down by a resilient store's guard) loses the count, nothing else."""
+        guard = getattr(self, "guard", None)
+        if guard is not None and not guard.reachable:
+            return
+        try:
+            await self.client.register_script(_COUNT_CLAMPED)(keys=[self.keys.clamped(day)],
+                                                                args=[(day + 2) * 86_400_000])
+        except (*STORE_FAILURES, StoreError) as exc:
+            log.debug("router_plugin: could not count a clamped provider value: %s", exc)
+
     async def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
         if not ops:
             return
@@ -172,6 +194,13 @@ class SyncQuotaStore(SyncOperations, _Base):
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
         return _codec.parse_reserve(plan, tokens, reply)
+
+    def clamped_on(self, day: int) -> int:
+        """How many provider values were bounded on UTC day ``day`` (see ``QuotaStore.count_clamped``)."""
+        try:
+            return int(self.client.hmget(self.keys.clamped(day), "n")[0] or 0)
+        except STORE_FAILURES as exc:
+            raise self._error("read the clamp count", exc) from exc
 
     def _adjust(self, plan: DeploymentPlan, ops: list) -> None:
         if not ops:

@@ -67,6 +67,10 @@ class KeySpace:
     def model(self, plan: DeploymentPlan) -> str:
         return f"{self.prefix}{{{plan.slot}}}:model:{plan.model.split('/', 1)[-1]}"
 
+    def clamped(self, day: int) -> str:
+        """Hash (field ``n``): provider values bounded on UTC day ``day`` (``router-plugin status``); kept 2 days."""
+        return f"{self.prefix}clamped:{day}"
+
     def reserve_keys(self, plan: DeploymentPlan) -> list[str]:
         keys = self._cache.get(plan)
         if keys is None:

@@ -6,8 +6,8 @@
 --             op "+" : add value (may be negative: a refund or an over-estimate settled); for a fixed window only
 --                      when the counter is still in window_index (the window the reservation was made in)
 --             op ">" : raise used to at least value (calibration: the provider saw more use than we counted)
--- A fixed window entered here carries the previous window's spill into used (see reserve.lua); a refill bucket
--- has no spill (always 0).
+-- A fixed window entered here carries the previous window's spill into used (see reserve.lua); a refill bucket's
+-- spill (its credit start for the arrival margin, see reserve.lua) is kept as it is.
 -- Reply: {now_ms}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

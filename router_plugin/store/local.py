@@ -144,29 +144,33 @@ def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[An
                 until_ms, why = reset, "full"
             if reset - now < margin:
                 spill = spill + cost
-            writes[i] = (w, used + cost, spill, reset)
+            writes[i] = (w, used + cost, spill, reset + win if spill > 0 else reset)  # spill is read next window
             left = cap - used - cost
         else:
-            level, checked = 0, 0
+            # the arrival margin on a refill bucket: see the comment in reserve.lua
+            level, credit = 0, 0
             if at is not None:
                 elapsed = now - at
                 level = used - elapsed * cap / win
-                if level < 0:
+                if level > 0:
+                    credit = now - spill
+                else:
+                    empty_at = at + used * win / cap
+                    credit = min(margin - (now - empty_at), empty_at - spill)
                     level = 0
-                credited = elapsed - margin
-                if credited < 0:
-                    credited = 0
-                checked = used - credited * cap / win
-                if checked < 0:
-                    checked = 0
+                if credit > margin:
+                    credit = margin
+                if credit < 0:
+                    credit = 0
+            checked = level + credit * cap / win
             if cost > cap:
                 until_ms, why = -1, "too large"
             elif checked + cost > cap:
-                until_ms, why = at + margin + math.ceil((used + cost - cap) * win / cap), "full"
+                until_ms, why = now + margin + math.ceil((level + cost - cap) * win / cap), "full"
                 if until_ms <= now:
                     until_ms = now + 1
             reset = now + math.ceil((level + cost) * win / cap)
-            writes[i] = (now, level + cost, 0, now + win)
+            writes[i] = (now, level + cost, now - credit, now + win + margin)
             left = cap - checked - cost
         if held is not None and held > now and until_ms != -1 and (until_ms is None or held > until_ms):
             until_ms, why = held, (h[4] if h[4] is not None else "exhausted")
@@ -187,10 +191,7 @@ def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[An
             key, wr = keys[i], writes[i]
             db.hset(key, now, at=wr[0], used=wr[1], spill=wr[2])
             ttl = db.pttl(key, now)
-            keep_until = wr[3]
-            if wr[2] > 0:
-                keep_until = keep_until + _num(ARGV[4 + (i - 1) * 4 + 2])
-            keep_until = keep_until + 1000
+            keep_until = wr[3] + 1000
             if ttl < 0 or now + ttl < keep_until:
                 db.pexpireat(key, keep_until)
     reply.append(strikes)

@@ -5,13 +5,15 @@
 --                 fixed window : at = window index (now_ms // window_ms), used = units in that window,
 --                                spill = units reserved so close to the window's end that they may reach the
 --                                provider in the next window: they are counted in both
---                 refill bucket: at = ms of last update, used = level (drains capacity/window per ms)
+--                 refill bucket: at = ms of last update, used = level (drains capacity/window per ms),
+--                                spill = "credit start" q: drain older than max(q, now - margin) is not
+--                                credited to the admission check (see the arrival margin below)
 --                 until/why    = the counter is blocked (the provider said so) until that ms
 -- ARGV[1]       n counters
 -- ARGV[2]       "0" = reserve; "1" = dry run (report, write nothing); "2" = dry run that ignores the model's
 --               cooldown (report the pool's counters even while the model is set aside)
 -- ARGV[3]       arrival margin, ms: how much later than its reservation a request may reach the provider.
---               A refill bucket only credits drain that is older than the margin; see README "Zero 429s".
+--               A refill bucket credits no drain of the last `margin` ms; see below and README "Zero 429s".
 -- ARGV[4..]     per counter: kind ("f" | "r"), capacity, window_ms, cost
 --
 -- Reply, reserved: {1, now_ms, remaining_1, reset_ms_1, remaining_2, reset_ms_2, ..., strikes}
@@ -51,26 +53,46 @@ for i = 1, n do
     if used + cost > cap then until_ms, why = reset, 'full' end
     if reset - now < margin then spill = spill + cost end
     writes[i] = {w, used + cost, spill, reset}
+    if spill > 0 then writes[i][4] = reset + win end  -- spill is read next window
     left = cap - used - cost
   else
-    local level, checked = 0, 0
+    -- The arrival margin on a refill bucket. The provider sees each admission up to `margin` ms after we grant
+    -- it, so delays in [0, margin] can squeeze every admission of any span of `margin` ms into one instant at the
+    -- provider. The provider's level then never exceeds
+    --     C(now) = L(now - margin) + (admitted in the last margin ms)
+    --            = L(now) + (drain L credited in the last margin ms)
+    -- where L is the plain bucket (drain credited whenever it is not empty). We admit only if C(now) + cost <= cap.
+    -- "Drain credited in the last margin ms" is bounded with one stored time q (field spill, the "credit start"):
+    -- it is at most (now - q) x rate, capped at margin x rate. q starts a busy period: an idle bucket has nothing
+    -- to credit back (q = now); a bucket that emptied at e, `gap` ms ago, credited at most min(margin - gap,
+    -- e - q_old) ms of drain within the margin. A missing q (0: a key written by adjust.lua) credits the whole
+    -- margin: conservative. So after a burst from idle the next admission waits `margin` once; in steady state the
+    -- bucket admits at its rate (only its burst room shrinks by margin x rate while it stays busy).
+    local level, credit = 0, 0
     if at then
       local elapsed = now - at
       level = used - elapsed * cap / win
-      if level < 0 then level = 0 end
-      local credited = elapsed - margin
-      if credited < 0 then credited = 0 end
-      checked = used - credited * cap / win
-      if checked < 0 then checked = 0 end
+      if level > 0 then
+        credit = now - spill
+      else
+        local empty_at = at + used * win / cap
+        credit = math.min(margin - (now - empty_at), empty_at - spill)
+        level = 0
+      end
+      if credit > margin then credit = margin end
+      if credit < 0 then credit = 0 end
     end
+    local checked = level + credit * cap / win
     if cost > cap then
       until_ms, why = -1, 'too large'
     elseif checked + cost > cap then
-      until_ms, why = at + margin + math.ceil((used + cost - cap) * win / cap), 'full'
+      -- checked stays level + credit until the credit reaches the whole margin, then falls at the rate:
+      -- checked + cost reaches cap `margin` ms after the plain bucket would admit the request
+      until_ms, why = now + margin + math.ceil((level + cost - cap) * win / cap), 'full'
       if until_ms <= now then until_ms = now + 1 end
     end
     reset = now + math.ceil((level + cost) * win / cap)
-    writes[i] = {now, level + cost, 0, now + win}
+    writes[i] = {now, level + cost, now - credit, now + win + margin}
     left = cap - checked - cost
   end
   if held and held > now and until_ms ~= -1 and (until_ms == nil or held > until_ms) then
@@ -96,9 +118,7 @@ if not dry then
     redis.call('HSET', key, 'at', string.format('%.17g', wr[1]), 'used', string.format('%.17g', wr[2]),
                'spill', string.format('%.17g', wr[3]))
     local ttl = redis.call('PTTL', key)
-    local keep_until = wr[4]
-    if wr[3] > 0 then keep_until = keep_until + tonumber(ARGV[4 + (i - 1) * 4 + 2]) end  -- spill is read next window
-    keep_until = keep_until + 1000
+    local keep_until = wr[4] + 1000
     if ttl < 0 or now + ttl < keep_until then redis.call('PEXPIREAT', key, keep_until) end
   end
 end
