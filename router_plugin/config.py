@@ -195,9 +195,28 @@ def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{where}:{mark.line + 1}:{mark.column + 1}", "(yaml)", f"not valid YAML at {at}: {detail}")
 
 
+def in_litellm_proxy() -> bool:
+    """Running inside the LiteLLM proxy, which resolves every ``os.environ/`` of its config when it reads the file,
+    before the plugin is imported: a ``.env`` read by the plugin would come too late for LiteLLM's own keys."""
+    import sys
+
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    return bool(getattr(proxy_server, "user_config_file_path", None))
+
+
+def _set_it(name: str, example: str = "...") -> str:
+    """How to set a variable, true where we run (the proxy does not read a ``.env`` in its working directory)."""
+    if in_litellm_proxy():
+        return f"export {name}={example} before starting the proxy, which does not read a .env in its directory"
+    return f"export {name}={example} or put it in .env"
+
+
 def load_dotenv_files(path: Path | None) -> None:
     """Read ``.env`` from the working directory and next to the config into the environment, never overriding a
-    variable that is already set (so an exported value always wins). python-dotenv comes with LiteLLM."""
+    variable that is already set (so an exported value always wins). python-dotenv comes with LiteLLM. Not inside
+    the LiteLLM proxy (see :func:`in_litellm_proxy`): the plugin must see the same environment as LiteLLM."""
+    if in_litellm_proxy():
+        return
     try:
         from dotenv import load_dotenv
     except ImportError:  # pragma: no cover - a LiteLLM dependency
@@ -322,7 +341,7 @@ def _redis_value(block: Mapping[str, Any], name: str, section: str, where: str, 
         value = env.get(var)
         if value is None:
             raise ConfigError(where, f"{section}.{name}", f"environment variable {var} is not set",
-                              f"export {var}=... or put it in .env; the plugin keeps its counters in this Redis")
+                              f"{_set_it(var)}; the plugin keeps its counters in this Redis")
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -394,7 +413,7 @@ def resolve_env(value: Any, where: str, key: str, required: bool = True) -> Any:
         name = value[len(ENV_PREFIX):]
         resolved = os.environ.get(name)
         if resolved is None and required:
-            raise ConfigError(where, key, f"environment variable {name} is not set", f"export {name}=... or put it in .env")
+            raise ConfigError(where, key, f"environment variable {name} is not set", _set_it(name))
         return resolved
     return value
 
@@ -412,7 +431,7 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
     if isinstance(raw_url, str) and raw_url.startswith(ENV_PREFIX) and os.environ.get(raw_url[len(ENV_PREFIX):]) is None:
         name = raw_url[len(ENV_PREFIX):]
         raise ConfigError(where, k + "redis_url", f"environment variable {name} is not set",
-                          f"export {name}=redis://host:6379/0 or put it in .env; without it every host would keep its "
+                          f"{_set_it(name, 'redis://host:6379/0')}; without it every host would keep its "
                           "own counters (remove redis_url to use the embedded Redis on purpose)")
     redis_url = resolve_env(raw_url, where, k + "redis_url")
     if redis_url is not None and not isinstance(redis_url, str):

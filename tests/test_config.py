@@ -419,6 +419,9 @@ def test_the_proxy_refuses_a_bad_config_with_one_line(tmp_path):
     path.write_text("model_list:\n  - model_name: chat\n    litellm_params: {model: groq/openai/gpt-oss-20b, "
                     "api_key: os.environ/RP_PROXY_UNSET_KEY}\n"
                     "litellm_settings:\n  callbacks: router_plugin.proxy_handler\n")
+    # the variable is in a .env in the proxy's directory: LiteLLM resolves os.environ/ when it reads the file, without
+    # it, so the plugin must not find it either (it would pass a config whose key LiteLLM sends as None)
+    (tmp_path / ".env").write_text("RP_PROXY_UNSET_KEY=gsk-in-dotenv\n")
     env = {k: v for k, v in os.environ.items() if k != "RP_PROXY_UNSET_KEY"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     litellm_cli = shutil.which("litellm") or sys.executable
@@ -429,6 +432,6 @@ def test_the_proxy_refuses_a_bad_config_with_one_line(tmp_path):
     assert proc.returncode != 0
     lines = [line for line in out.splitlines() if "RP_PROXY_UNSET_KEY" in line]
     assert lines == [f"router_plugin: the proxy cannot start: {path}: model_list[0].litellm_params.api_key: "
-                     "environment variable RP_PROXY_UNSET_KEY is not set (export RP_PROXY_UNSET_KEY=... or put it "
-                     "in .env)"], out[-3000:]
+                     "environment variable RP_PROXY_UNSET_KEY is not set (export RP_PROXY_UNSET_KEY=... before starting the "
+                     "proxy, which does not read a .env in its directory)"], out[-3000:]
     assert "Traceback" not in out and "REDACTED" not in out
