@@ -9,7 +9,10 @@ Errors are what :func:`router_plugin.load_config` would refuse (all of them, not
   free tier) every request of the group is refused until UTC midnight;
 * a Groq model missing from the built-in limits table (the default row is assumed);
 * a ``router_plugin.limits`` entry that no deployment uses (a typo: the override does nothing);
-* ``metrics.port`` set while metrics are disabled.
+* ``metrics.port`` set while metrics are disabled;
+* every LiteLLM setting of the config that the plugin overrides (``config.litellm_overrides``, the same list the
+  installer logs at start), with why. NOTE lines (not problems): a LiteLLM default the plugin changes, and the
+  config's own Redis when the plugin takes it as its store.
 
 No network, no Redis: ``check`` can run in CI. ``ignore_env`` turns unset environment variables (API keys kept
 out of CI) into warnings.
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import find_problems, litellm_overrides, litellm_redis, longest_chain
-from .errors import ConfigError
+from .errors import ConfigError, _one_line
 from .limits import (
     GROQ_DEFAULT_LIMITS,
     GROQ_FREE_LIMITS,
@@ -69,7 +72,7 @@ class CheckResult:
         lines = []
         for p in self.problems:
             tag = {"error": "ERROR", "warning": "WARN ", "note": "NOTE "}.get(p.level, p.level.upper())
-            lines.append(f"{tag}  {p.key}: {p.problem}")
+            lines.append(_one_line(f"{tag}  {p.key}: {p.problem}"))
             if p.fix:
                 lines.append(f"       {p.fix}" if p.fix.startswith("why: ") else f"       fix: {p.fix}")
         verdict = "OK" if self.ok else "FAILED"
