@@ -6,8 +6,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .config import ENV_PREFIX
-from .limits import DeploymentPlan, PlanInputs, plan_for
+from dataclasses import replace
+
+from .config import ENV_PREFIX, USER_LIMIT_FIELDS
+from .limits import DeploymentPlan, LimitOverride, PlanInputs, plan_for
 
 _DEFAULT_KEY_ENV = {"openrouter": ("OPENROUTER_API_KEY", "OR_API_KEY"), "groq": ("GROQ_API_KEY",)}
 
@@ -40,10 +42,41 @@ class PlanBook:
         if plan is None:
             params = dict(deployment.get("litellm_params") or {})
             params["api_key"] = effective_api_key(params)
-            plan = plan_for({**deployment, "litellm_params": params}, self.inputs)
+            resolved = {**deployment, "litellm_params": params}
+            plan = plan_for(resolved, self.inputs)
+            lowered = user_limits(deployment, plan)
+            if lowered:
+                plan = plan_for(resolved, with_user_limits(self.inputs, params.get("model"), lowered))
             if deployment_id:
                 self._by_id[deployment_id] = plan
         return plan
 
     def by_id(self, deployment_id: str) -> DeploymentPlan | None:
         return self._by_id.get(deployment_id)
+
+
+def user_limits(deployment: Mapping[str, Any], plan: DeploymentPlan) -> dict[str, int]:
+    """The deployment's own LiteLLM ``rpm``/``tpm`` (``litellm_params`` or ``model_info``, the lower of the two)
+    that are LOWER than what the plan already enforces for it: they become limits of that model."""
+    out = {}
+    for name in USER_LIMIT_FIELDS:
+        values = [block.get(name) for block in (deployment.get("litellm_params"), deployment.get("model_info"))
+                  if isinstance(block, Mapping)]
+        values = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        if not values:
+            continue
+        unit = "requests" if name == "rpm" else "tokens"
+        current = [c.limit.capacity for c in plan.counters
+                   if c.limit.unit == unit and c.limit.window_s == 60]  # per-minute limits of this unit
+        if not current or min(values) < min(current):
+            out[name] = min(values)
+    return out
+
+
+def with_user_limits(inputs: PlanInputs, model: Any, lowered: Mapping[str, int]) -> PlanInputs:
+    """``inputs`` with the deployment's own lower limits as a model-level override (on top of any account pool)."""
+    model = str(model or "")
+    bare = model.split("/", 1)[1] if "/" in model else model
+    base = inputs.limits.get(model) or inputs.limits.get(bare) or LimitOverride()
+    merged = replace(base, **{n: min(v, getattr(base, n) or v) for n, v in lowered.items()})
+    return replace(inputs, limits={**inputs.limits, model: merged})

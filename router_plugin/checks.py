@@ -9,7 +9,10 @@ Errors are what :func:`router_plugin.load_config` would refuse (all of them, not
   free tier) every request of the group is refused until UTC midnight;
 * a Groq model missing from the built-in limits table (the default row is assumed);
 * a ``router_plugin.limits`` entry that no deployment uses (a typo: the override does nothing);
-* ``metrics.port`` set while metrics are disabled.
+* ``metrics.port`` set while metrics are disabled;
+* every LiteLLM setting of the config that the plugin overrides (``config.litellm_overrides``, the same list the
+  installer logs at start), with why. NOTE lines (not problems): a LiteLLM default the plugin changes, and the
+  config's own Redis when the plugin takes it as its store.
 
 No network, no Redis: ``check`` can run in CI. ``ignore_env`` turns unset environment variables (API keys kept
 out of CI) into warnings.
@@ -22,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import find_problems
-from .errors import ConfigError
+from .config import find_problems, litellm_overrides, litellm_redis, longest_chain
+from .errors import ConfigError, _one_line
 from .limits import (
     GROQ_DEFAULT_LIMITS,
     GROQ_FREE_LIMITS,
@@ -35,7 +38,7 @@ from .limits import (
 
 @dataclass(frozen=True)
 class Problem:
-    level: str  # "error" | "warning"
+    level: str  # "error" | "warning" | "note" (what the plugin does with the config; not a problem)
     key: str
     problem: str
     fix: str | None = None
@@ -68,9 +71,10 @@ class CheckResult:
     def render(self) -> str:
         lines = []
         for p in self.problems:
-            lines.append(f"{'ERROR' if p.level == 'error' else 'WARN '}  {p.key}: {p.problem}")
+            tag = {"error": "ERROR", "warning": "WARN ", "note": "NOTE "}.get(p.level, p.level.upper())
+            lines.append(_one_line(f"{tag}  {p.key}: {p.problem}"))
             if p.fix:
-                lines.append(f"       fix: {p.fix}")
+                lines.append(f"       {p.fix}" if p.fix.startswith("why: ") else f"       fix: {p.fix}")
         verdict = "OK" if self.ok else "FAILED"
         lines.append(f"{self.source}: {verdict} — {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
         return "\n".join(lines)
@@ -89,7 +93,27 @@ def check(source: str | os.PathLike | Mapping[str, Any], ignore_env: bool = Fals
         result.problems.append(Problem(level, err.key, err.problem, err.fix))
     if raw is not None:
         result.problems.extend(_warnings(raw))
+        result.problems.extend(litellm_changes(raw, where))
     return result
+
+
+def litellm_changes(raw: Mapping[str, Any], where: str) -> list[Problem]:
+    """What the plugin does with the rest of the LiteLLM config: each setting it overrides (WARN when the config
+    sets it, NOTE for a LiteLLM default), and the Redis it takes from the config as its store (NOTE)."""
+    router_settings = raw.get("router_settings") if isinstance(raw.get("router_settings"), Mapping) else {}
+    litellm_settings = raw.get("litellm_settings") if isinstance(raw.get("litellm_settings"), Mapping) else {}
+    out = [Problem("warning" if o.user_set else "note", o.key, o.change, f"why: {o.why}")
+           for o in litellm_overrides(router_settings, litellm_settings, longest_chain(raw.get("model_list")))]
+    section = raw.get("router_plugin") if isinstance(raw.get("router_plugin"), Mapping) else {}
+    if not section.get("redis_url") and not section.get("embedded_path"):
+        try:
+            found = litellm_redis(raw, where)
+        except ConfigError:  # reported as an error already
+            found = None
+        if found is not None:
+            out.append(Problem("note", "router_plugin.redis_url", f"not set: the quota counters go to the Redis of "
+                               f"{found[1]}", "set router_plugin.redis_url to use another Redis"))
+    return out
 
 
 def _warnings(raw: Mapping[str, Any]) -> list[Problem]:

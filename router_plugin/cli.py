@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", formatter_class=fmt, help="validate a config: every problem with its key and a fix",
         description=_wrap("Validate a config without starting anything (no Redis, no network): print every error with "
                     "its key and a fix, and warn about retired models, chains with no Groq fallback, Groq models "
-                    "missing from the limits table and limits that no deployment uses."),
+                    "missing from the limits table and limits that no deployment uses. WARN/NOTE lines also name "
+                    "every LiteLLM setting the plugin overrides (with why) and the Redis it takes as its store. "
+                    "Reads .env from the working directory and the config's directory."),
         epilog=_wrap("Exit code 1 when there are errors, 0 otherwise (warnings included)."))
     check.add_argument("config", help="the LiteLLM config YAML to check")
     check.add_argument("--ignore-env", action="store_true",

@@ -9,10 +9,11 @@ Every error names the file, the dotted key and what is expected, e.g.::
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from .errors import ConfigError
 from .limits import LIMIT_FIELDS, LimitOverride, PlanInputs, is_openrouter_free, provider_of
 
 ENV_PREFIX = "os.environ/"
+#: LiteLLM's own per-deployment limits (``litellm_params`` or ``model_info``): the plugin enforces them when lower.
+USER_LIMIT_FIELDS = ("rpm", "tpm")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,10 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     calibration: Calibration = field(default_factory=Calibration)
     metrics: Metrics = field(default_factory=Metrics)
+    # Filled by load_config from the rest of the file (not keys of the section): where redis_url came from when
+    # it is the user's LiteLLM Redis, and the LiteLLM settings the plugin overrides (logged as warnings at start).
+    store_source: str | None = None
+    overrides: tuple["Override", ...] = ()
 
     @property
     def plan_inputs(self) -> PlanInputs:
@@ -112,32 +119,294 @@ _SECTION_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class Override:
+    """A LiteLLM setting of the user's config that the plugin replaces: one WARNING line at start and in ``check``."""
+
+    key: str  # e.g. router_settings.num_retries
+    change: str  # what happens to it
+    why: str
+    user_set: bool = True  # False: a LiteLLM default the plugin changes (logged at INFO, a NOTE in check)
+
+    def line(self) -> str:
+        return f"{self.key}: {self.change} — {self.why}"
+
+
+# LiteLLM's top-level config sections (proxy_server.load_config and friends) plus ours: a key close to one of them
+# is a misspelling (its settings would be silently ignored); another unknown key is left to LiteLLM.
+KNOWN_SECTIONS = (
+    "model_list", "litellm_settings", "router_settings", "general_settings", "environment_variables", "include",
+    "callback_settings", "guardrails", "credential_list", "mcp_servers", "mcp_tools", "search_tools", "prompts",
+    "vector_store_registry", "files_settings", "finetune_settings", "assistant_settings", "pass_through_endpoints",
+    "router_plugin",
+)
+_MAPPING_SECTIONS = ("router_plugin", "router_settings", "litellm_settings", "general_settings", "environment_variables")
+
+
+def read_raw(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(where, top-level mapping)`` of a YAML file or a dict; unreadable input is a ConfigError naming the place."""
+    if isinstance(source, Mapping):
+        load_dotenv_files(None)
+        return "<dict>", dict(source)
+    where = str(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(where, "(file)", "file not found", "pass the path of a LiteLLM config YAML")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(where, "(file)", f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line}",
+                          "save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(where, exc) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "(top level)", f"must be a mapping, got {type(raw).__name__}",
+                          "start the file with model_list:")
+    load_dotenv_files(path)
+    return where, raw
+
+
+def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
+    """``file:line:col: (yaml): ...`` at the line to fix: for an unclosed bracket or quote, where it was opened."""
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    context = str(getattr(exc, "context", "") or "")
+    problem = str(getattr(exc, "problem", None) or exc).strip()
+    opened = context_mark is not None and context.startswith(("while parsing a flow mapping", "while parsing a flow sequence",
+                                                               "while scanning a quoted",
+                                                               "while scanning a double-quoted",
+                                                               "while scanning a single-quoted"))
+    mark = context_mark if opened else (problem_mark or context_mark)
+    if mark is None:
+        return ConfigError(where, "(yaml)", f"not valid YAML: {problem}")
+    at = f"line {mark.line + 1}, column {mark.column + 1}"
+    if opened:
+        what = context.replace("while parsing a ", "").replace("while scanning a ", "")
+        detail = f"{what} opened here is not closed ({problem}"
+        if problem_mark is not None:
+            detail += f" at line {problem_mark.line + 1}, column {problem_mark.column + 1}"
+        detail += ")"
+    else:
+        detail = problem
+    return ConfigError(f"{where}:{mark.line + 1}:{mark.column + 1}", "(yaml)", f"not valid YAML at {at}: {detail}")
+
+
+def in_litellm_proxy() -> bool:
+    """Running inside the LiteLLM proxy, which resolves every ``os.environ/`` of its config when it reads the file,
+    before the plugin is imported: a ``.env`` read by the plugin would come too late for LiteLLM's own keys."""
+    import sys
+
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    return bool(getattr(proxy_server, "user_config_file_path", None))
+
+
+def _set_it(name: str, example: str = "...") -> str:
+    """How to set a variable, true where we run (the proxy does not read a ``.env`` in its working directory)."""
+    if in_litellm_proxy():
+        return f"export {name}={example} before starting the proxy, which does not read a .env in its directory"
+    return f"export {name}={example} or put it in .env"
+
+
+def load_dotenv_files(path: Path | None) -> None:
+    """Read ``.env`` from the working directory and next to the config into the environment, never overriding a
+    variable that is already set (so an exported value always wins). python-dotenv comes with LiteLLM. Not inside
+    the LiteLLM proxy (see :func:`in_litellm_proxy`): the plugin must see the same environment as LiteLLM."""
+    if in_litellm_proxy():
+        return
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # pragma: no cover - a LiteLLM dependency
+        return
+    seen = set()
+    for candidate in (Path.cwd() / ".env", path.resolve().parent / ".env" if path is not None else None):
+        if candidate is not None and candidate.is_file() and candidate not in seen:
+            seen.add(candidate)
+            load_dotenv(candidate, override=False)
+
+
+def top_level_problems(raw: Mapping[str, Any], where: str) -> list[ConfigError]:
+    """Sections that are not mappings, and misspelled section names (whose settings would be ignored)."""
+    out = []
+    for key in raw:
+        if key not in KNOWN_SECTIONS:
+            close = difflib.get_close_matches(str(key), KNOWN_SECTIONS, n=1, cutoff=0.75)
+            if close:
+                out.append(ConfigError(where, str(key), "unknown section: its settings would be ignored",
+                                       f"did you mean {close[0]!r}?"))
+    for name in _MAPPING_SECTIONS:
+        value = raw.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            out.append(ConfigError(where, name, f"must be a mapping of settings, got {_shown(value)}",
+                                   f"indent its settings under {name}: or remove the line"))
+    for name in ("router_settings", "litellm_settings"):  # LiteLLM values the plugin computes with
+        block = raw.get(name)
+        if isinstance(block, Mapping) and block.get("num_retries") is not None:
+            try:
+                _number(block, "num_retries", None, where, integer=True, prefix=f"{name}.")
+            except ConfigError as exc:
+                out.append(exc)
+    return out
+
+
 def load_config(source: str | os.PathLike | Mapping[str, Any]) -> PluginConfig:
     """Load a YAML file path or an already-parsed dict, resolve ``os.environ/`` references, validate."""
-    if isinstance(source, Mapping):
-        where, raw = "<dict>", dict(source)
-    else:
-        where = str(source)
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(where, "(file)", "file not found", "pass the path of a LiteLLM config YAML")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-            raise ConfigError(where, "(yaml)", f"not valid YAML at {at}: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(where, "(top level)", f"must be a mapping, got {type(raw).__name__}")
+    where, raw = read_raw(source)
+    for problem in top_level_problems(raw, where):
+        raise problem
     settings = parse_settings(raw.get("router_plugin"), where)
     model_list = _parse_model_list(raw.get("model_list"), where, settings)
+    router_settings = dict(raw.get("router_settings") or {})
+    litellm_settings = dict(raw.get("litellm_settings") or {})
+    settings = complete_settings(settings, raw, where)
     return PluginConfig(
         source=where,
         model_list=model_list,
         settings=settings,
-        router_settings=dict(raw.get("router_settings") or {}),
-        litellm_settings=dict(raw.get("litellm_settings") or {}),
+        router_settings=router_settings,
+        litellm_settings=litellm_settings,
     )
+
+
+def complete_settings(settings: Settings, raw: Mapping[str, Any], where: str) -> Settings:
+    """The parts of the settings that come from the rest of the LiteLLM config: the user's Redis as the store
+    (unless the section names one) and the LiteLLM settings the plugin must override."""
+    router_settings = raw.get("router_settings") if isinstance(raw.get("router_settings"), Mapping) else {}
+    litellm_settings = raw.get("litellm_settings") if isinstance(raw.get("litellm_settings"), Mapping) else {}
+    section = raw.get("router_plugin") if isinstance(raw.get("router_plugin"), Mapping) else {}
+    changes: dict[str, Any] = {}
+    if settings.redis_url is None and not section.get("embedded_path"):
+        found = litellm_redis(raw, where)
+        if found is not None:
+            changes["redis_url"], changes["store_source"] = found
+    changes["overrides"] = tuple(litellm_overrides(router_settings, litellm_settings, longest_chain(raw.get("model_list"))))
+    return replace(settings, **changes)
+
+
+def longest_chain(model_list: Any) -> int:
+    sizes: dict[str, int] = {}
+    for entry in model_list if isinstance(model_list, list) else []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("model_name"), str):
+            sizes[entry["model_name"]] = sizes.get(entry["model_name"], 0) + 1
+    return max(sizes.values(), default=1)
+
+
+def litellm_redis(raw: Mapping[str, Any], where: str,
+                  environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The Redis the user's LiteLLM config already uses, as ``(url, where it came from)``, in LiteLLM's order:
+    ``router_settings`` redis_url / redis_host+redis_port(+redis_password); ``litellm_settings.cache_params``
+    (type redis) when ``cache: true``; ``general_settings.coordination_redis``; then the proxy's environment
+    convention (``REDIS_URL``, else ``REDIS_HOST``+``REDIS_PORT``, ``REDIS_PASSWORD``, ``REDIS_USERNAME``,
+    ``REDIS_SSL``; litellm/_redis.py get_redis_url_from_environment). None: no Redis anywhere."""
+    env = os.environ if environ is None else environ
+    router_settings = raw.get("router_settings") if isinstance(raw.get("router_settings"), Mapping) else {}
+    litellm_settings = raw.get("litellm_settings") if isinstance(raw.get("litellm_settings"), Mapping) else {}
+    general = raw.get("general_settings") if isinstance(raw.get("general_settings"), Mapping) else {}
+    cache_params = litellm_settings.get("cache_params") if litellm_settings.get("cache") else None
+    coordination = general.get("coordination_redis")
+    blocks = [("router_settings", router_settings, "redis_")]
+    if isinstance(cache_params, Mapping) and cache_params.get("type", "redis") == "redis":
+        blocks.append(("litellm_settings.cache_params", cache_params, ""))
+    elif cache_params is not None and not isinstance(cache_params, Mapping):
+        raise ConfigError(where, "litellm_settings.cache_params", f"must be a mapping, got {_shown(cache_params)}")
+    if isinstance(coordination, Mapping):
+        blocks.append(("general_settings.coordination_redis", coordination, ""))
+    for name, block, prefix in blocks:
+        url = _redis_value(block, prefix + "url", name, where, env)
+        if url:
+            return url, f"{name}.{prefix}url"
+        host = _redis_value(block, prefix + "host", name, where, env)
+        port = _redis_value(block, prefix + "port", name, where, env)
+        if host and port:
+            password = _redis_value(block, prefix + "password", name, where, env)
+            username = _redis_value(block, prefix + "username", name, where, env)
+            return _redis_url(host, port, password, username, False, f"{name}.{prefix}port", where), \
+                f"{name}.{prefix}host/{prefix}port"
+    if env.get("REDIS_URL"):
+        return env["REDIS_URL"], "the REDIS_URL environment variable"
+    if env.get("REDIS_HOST") and env.get("REDIS_PORT"):
+        return (_redis_url(env["REDIS_HOST"], env["REDIS_PORT"], env.get("REDIS_PASSWORD"), env.get("REDIS_USERNAME"),
+                           str(env.get("REDIS_SSL", "")).lower() == "true", "REDIS_PORT (environment)", where),
+                "the REDIS_HOST/REDIS_PORT environment variables")
+    return None
+
+
+def _redis_value(block: Mapping[str, Any], name: str, section: str, where: str, env: Mapping[str, str]) -> str | None:
+    value = block.get(name)
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        var = value[len(ENV_PREFIX):]
+        value = env.get(var)
+        if value is None:
+            raise ConfigError(where, f"{section}.{name}", f"environment variable {var} is not set",
+                              f"{_set_it(var)}; the plugin keeps its counters in this Redis")
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(where, f"{section}.{name}", f"must be a string, got {_shown(value)}")
+    return str(value)
+
+
+def _redis_url(host: str, port: str, password: str | None, username: str | None, ssl: bool, key: str,
+               where: str) -> str:
+    from urllib.parse import quote
+
+    if not str(port).isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(where, key, f"must be a TCP port (1-65535), got {port!r}")
+    auth = ""
+    if password:
+        auth = f"{quote(username, safe='') if username else ''}:{quote(password, safe='')}@"
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{'rediss' if ssl else 'redis'}://{auth}{host}:{port}/0"
+
+
+# LiteLLM settings the plugin replaces, and why (README "What the plugin changes in your LiteLLM config").
+_WHY_STRATEGY = ("the plugin is the routing strategy: it walks the chain in list order and sends a request only "
+                 "where every quota counter (shared by all workers in Redis) has room")
+_WHY_COOLDOWNS = ("the plugin sets a deployment aside itself, for all workers and until the provider's real reset; "
+                  "LiteLLM's per-process cooldowns would end the request while the chain still has quota")
+_WHY_SLEEP = ("the plugin never sleeps between attempts: the next deployment with quota is tried at once "
+              "(router_plugin.max_wait_s is the one place it waits)")
+_COOLDOWN_KEYS = ("cooldown_time", "allowed_fails", "allowed_fails_policy", "disable_cooldowns")
+
+
+def litellm_overrides(router_settings: Mapping[str, Any], litellm_settings: Mapping[str, Any],
+                      chain_length: int) -> list[Override]:
+    """Every LiteLLM setting of the user's config that the plugin overrides, with why. Pure: the installer logs
+    these as warnings at start and ``router-plugin check`` shows them."""
+    out: list[Override] = []
+    if "routing_strategy" in router_settings:
+        out.append(Override("router_settings.routing_strategy",
+                            f"{router_settings['routing_strategy']!r} is replaced by router_plugin's strategy",
+                            _WHY_STRATEGY))
+    if "routing_strategy_args" in router_settings:
+        out.append(Override("router_settings.routing_strategy_args", "ignored (they belong to the replaced strategy)",
+                            _WHY_STRATEGY))
+    retries_at = "router_settings" if "num_retries" in router_settings else (
+        "litellm_settings" if "num_retries" in litellm_settings else None)
+    needed = 2 * chain_length
+    if retries_at is not None:
+        value = (router_settings if retries_at == "router_settings" else litellm_settings)["num_retries"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < needed:
+            out.append(Override(
+                f"{retries_at}.num_retries", f"raised from {value} to {needed} (2 x the longest chain of {chain_length})",
+                "an attempt that fails moves to the next deployment, so the request needs one attempt per deployment "
+                "plus one retry each on a server error; the plugin never retries what cannot succeed (its own "
+                "refusals, malformed requests), so no quota is spent by the extra retries"))
+    for at, block in (("router_settings", router_settings), ("litellm_settings", litellm_settings)):
+        for key in _COOLDOWN_KEYS:
+            if key in block and not (key == "disable_cooldowns" and block[key] is True):
+                out.append(Override(f"{at}.{key}", "has no effect: LiteLLM's cooldowns are disabled", _WHY_COOLDOWNS))
+    if not any(o.key.endswith(_COOLDOWN_KEYS) for o in out) and not router_settings.get("disable_cooldowns"):
+        out.append(Override("router_settings.disable_cooldowns", "set to true (LiteLLM's default cools a deployment "
+                            "down for 5 s after failures)", _WHY_COOLDOWNS, user_set=False))
+    if router_settings.get("retry_after"):
+        out.append(Override("router_settings.retry_after", "has no effect: no sleep between attempts", _WHY_SLEEP))
+    return out
 
 
 def resolve_env(value: Any, where: str, key: str, required: bool = True) -> Any:
@@ -146,7 +415,7 @@ def resolve_env(value: Any, where: str, key: str, required: bool = True) -> Any:
         name = value[len(ENV_PREFIX):]
         resolved = os.environ.get(name)
         if resolved is None and required:
-            raise ConfigError(where, key, f"environment variable {name} is not set", f"export {name}=... or put it in .env")
+            raise ConfigError(where, key, f"environment variable {name} is not set", _set_it(name))
         return resolved
     return value
 
@@ -160,9 +429,15 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         if key not in _SECTION_KEYS:
             raise ConfigError(where, f"router_plugin.{key}", "unknown key", _did_you_mean(key, _SECTION_KEYS))
     k = "router_plugin."
-    redis_url = resolve_env(section.get("redis_url"), where, k + "redis_url", required=False)
+    raw_url = section.get("redis_url")
+    if isinstance(raw_url, str) and raw_url.startswith(ENV_PREFIX) and os.environ.get(raw_url[len(ENV_PREFIX):]) is None:
+        name = raw_url[len(ENV_PREFIX):]
+        raise ConfigError(where, k + "redis_url", f"environment variable {name} is not set",
+                          f"{_set_it(name, 'redis://host:6379/0')}; without it every host would keep its "
+                          "own counters (remove redis_url to use the embedded Redis on purpose)")
+    redis_url = resolve_env(raw_url, where, k + "redis_url")
     if redis_url is not None and not isinstance(redis_url, str):
-        raise ConfigError(where, k + "redis_url", "must be a string like redis://host:6379/0")
+        raise ConfigError(where, k + "redis_url", f"must be a string like redis://host:6379/0, got {_shown(redis_url)}")
     openrouter = section.get("openrouter") or {}
     if not isinstance(openrouter, Mapping):
         raise ConfigError(where, k + "openrouter", "must be a mapping like {tier: free}")
@@ -265,11 +540,34 @@ def _parse_model_list(raw: Any, where: str, settings: Settings) -> list[dict[str
         key = f"model_list[{i}]"
         if not isinstance(entry, Mapping):
             raise ConfigError(where, key, "must be a mapping with model_name and litellm_params")
-        if not isinstance(entry.get("model_name"), str) or not entry["model_name"]:
+        if "model_name" not in entry or entry["model_name"] in (None, ""):
             raise ConfigError(where, f"{key}.model_name", "missing: the model group this deployment serves")
+        if not isinstance(entry["model_name"], str):
+            raise ConfigError(where, f"{key}.model_name", f"must be a string, got {_shown(entry['model_name'])}",
+                              "quote it: model_name: \"123\"")
         params = entry.get("litellm_params")
-        if not isinstance(params, Mapping) or not isinstance(params.get("model"), str):
+        if params is not None and not isinstance(params, Mapping):
+            raise ConfigError(where, f"{key}.litellm_params", f"must be a mapping, got {_shown(params)}",
+                              "e.g. litellm_params: {model: groq/openai/gpt-oss-120b, api_key: os.environ/GROQ_API_KEY}")
+        if not isinstance(params, Mapping) or params.get("model") in (None, ""):
             raise ConfigError(where, f"{key}.litellm_params.model", "missing: e.g. openrouter/deepseek/deepseek-r1:free")
+        if not isinstance(params["model"], str):
+            raise ConfigError(where, f"{key}.litellm_params.model", f"must be a string, got {_shown(params['model'])}",
+                              "e.g. openrouter/deepseek/deepseek-r1:free")
+        info = entry.get("model_info")
+        if info is not None and not isinstance(info, Mapping):
+            raise ConfigError(where, f"{key}.model_info", f"must be a mapping, got {_shown(info)}",
+                              "e.g. model_info: {id: my-deployment} or remove it")
+        for name in ("api_key", "api_base"):
+            value = params.get(name)
+            if value is not None and not isinstance(value, str):
+                shown = type(value).__name__ if name == "api_key" else _shown(value)  # never echo a key
+                raise ConfigError(where, f"{key}.litellm_params.{name}", f"must be a string, got {shown}",
+                                  f"quote it, or better use {name}: os.environ/NAME" if name == "api_key"
+                                  else "e.g. https://api.groq.com/openai/v1")
+        for block, values in (("litellm_params", params), ("model_info", info or {})):
+            for name in USER_LIMIT_FIELDS:
+                _number(values, name, None, where, positive=True, integer=True, prefix=f"{key}.{block}.")
         model = params["model"]
         head = model.split("/", 1)[0] if "/" in model else ""
         if head not in litellm.provider_list:
@@ -307,8 +605,14 @@ def declared_free(entry: Mapping, where: str, key: str) -> bool:
     if ours is None:
         return False
     if not isinstance(ours, Mapping) or set(ours) - {"free"} or not isinstance(ours.get("free", False), bool):
-        raise ConfigError(where, f"{key}.model_info.router_plugin", f"expected {{free: true}}, got {ours!r}")
+        raise ConfigError(where, f"{key}.model_info.router_plugin", f"expected {{free: true}}, got {_shown(ours)}")
     return ours.get("free") is True
+
+
+def _shown(value: Any) -> str:
+    """A value in an error line: short, and never a whole nested structure."""
+    text = repr(value)
+    return text[:40] + "..." if len(text) > 40 else text
 
 
 def _did_you_mean(word: str, options) -> str:
@@ -334,12 +638,17 @@ def _number(
     section: Mapping, name: str, default, where: str, positive: bool = False, integer: bool = False,
     prefix: str = "router_plugin.",
 ):
-    value = section.get(name, default)
+    value = section.get(name)
+    if value is None:  # absent, or an empty value (``key:``): the default
+        value = default
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
-        raise ConfigError(where, prefix + name, f"must be {kind}, got {value!r}")
+        raise ConfigError(where, prefix + name, f"must be {kind}, got {_shown(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(where, prefix + name, f"must be a finite number, got {value!r}",
+                          "give a number of seconds (or a count), not .nan or .inf")
     if value < 0 or (positive and value == 0):
         raise ConfigError(where, prefix + name, f"must be {'positive' if positive else 'zero or more'}, got {value!r}")
     return value
@@ -357,13 +666,10 @@ def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[s
     of one key never hides the next one. ``raw`` is None when the file cannot be read at all.
     """
     try:
-        load_config(source)
+        where, raw = read_raw(source)
     except ConfigError as exc:
-        if exc.key in ("(file)", "(yaml)", "(top level)"):
-            return None, [exc]
-    where = "<dict>" if isinstance(source, Mapping) else str(source)
-    raw = dict(source) if isinstance(source, Mapping) else (yaml.safe_load(Path(source).read_text()) or {})
-    errors: list[ConfigError] = []
+        return None, [exc]
+    errors: list[ConfigError] = top_level_problems(raw, where)
 
     def attempt(section: Mapping[str, Any]) -> bool:
         try:
@@ -376,9 +682,7 @@ def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[s
 
     section = raw.get("router_plugin")
     good: dict[str, Any] = {}
-    if section is not None and not isinstance(section, Mapping):
-        attempt(section)
-    elif section is not None:
+    if isinstance(section, Mapping):  # not a mapping: reported by top_level_problems
         for key, value in section.items():
             if key in _NESTED_SECTIONS and isinstance(value, Mapping):
                 ok = True
@@ -396,6 +700,10 @@ def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[s
     except ConfigError:  # pragma: no cover - each key passed alone
         settings = Settings()
 
+    try:
+        complete_settings(settings, raw, where)
+    except ConfigError as exc:
+        errors.append(exc)
     model_list = raw.get("model_list")
     if not isinstance(model_list, list) or not model_list:
         try:
@@ -425,6 +733,13 @@ def _entry_problems(i: int, entry: Any, where: str, settings: Settings) -> list[
             name = exc.key.rsplit(".", 1)[-1]
             if exc.key.endswith(".model_name"):
                 entry["model_name"] = "?"
+            elif exc.key.endswith(".model_info"):
+                entry.pop("model_info", None)
+            elif name in USER_LIMIT_FIELDS and ".model_info." in exc.key:
+                entry["model_info"] = {k: v for k, v in entry["model_info"].items() if k != name}
+            elif params is not None and name in USER_LIMIT_FIELDS:
+                params.pop(name, None)
+                entry["litellm_params"] = params
             elif params is not None and ".litellm_params." in exc.key and name != "model" and name in params:
                 params[name] = "<unset>"  # an unset environment variable: reported, now look past it
                 entry["litellm_params"] = params

@@ -26,7 +26,12 @@ class ConfigError(RouterPluginError, ValueError):
         text = f"{where}: {key}: {problem}"
         if fix:
             text += f" ({fix})"
-        super().__init__(text)
+        super().__init__(_one_line(text))
+
+
+def _one_line(text: str) -> str:
+    """A config key or value with a line break in it must not split the one-line error."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class StoreError(RouterPluginError):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ import litellm
 
 from ._plans import PlanBook
 from .callbacks import DISPATCH, QuotaCallbacks
-from .config import PluginConfig, Settings, load_config, parse_settings
+from .config import PluginConfig, Settings, litellm_overrides, load_config, parse_settings
 from .events import Events
 from .retry import install_retry_policy
 from .store import QuotaStore, SyncQuotaStore, open_stores, resolve_target
@@ -25,6 +26,7 @@ from .strategy import QuotaRouting
 from .streams import install_stream_guard
 
 _ATTR = "_router_plugin"
+log = logging.getLogger("router_plugin")
 
 
 @dataclass
@@ -88,7 +90,24 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     if deliver_events:
         DISPATCH.register(callbacks)  # one process-wide entry in LiteLLM's lists, whatever the number of Routers
     _add_operator_observers(router, installed)
+    _log_changes(router, settings)
     return installed
+
+
+def _log_changes(router: litellm.Router, settings: Settings) -> None:
+    """One line per LiteLLM setting the plugin overrides (WARNING when the user's config set it, README "What the
+    plugin changes in your LiteLLM config"), and where the quota store is when it is the config's own Redis."""
+    overrides = settings.overrides
+    if not overrides:  # settings not from load_config (a Router built by the caller): read the Router itself
+        given = {}
+        if getattr(router, "routing_strategy", "simple-shuffle") not in ("simple-shuffle", None):
+            given["routing_strategy"] = router.routing_strategy
+        overrides = tuple(litellm_overrides(given, {}, _longest_chain(router)))
+    for o in overrides:
+        log.log(logging.WARNING if o.user_set else logging.INFO, "router_plugin overrides %s", o.line())
+    if settings.store_source:
+        log.info("router_plugin: quota counters in the Redis of %s (router_plugin.redis_url not set)",
+                 settings.store_source)
 
 
 def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:

@@ -317,13 +317,46 @@ def _in_proxy_with_config() -> bool:
     return bool(os.environ.get(CONFIG_ENV) or getattr(proxy_server, "user_config_file_path", None))
 
 
+def _refuse(exc: ConfigError) -> None:
+    """The proxy must not start on a bad config: one line on stderr (not through logging, whose LiteLLM redaction
+    filter mangles ``...api_key: environment variable X is not set``), then leave without a traceback: any exception,
+    SystemExit included, reaches Starlette's lifespan, which prints its traceback. Under several workers the uvicorn
+    parent would restart the worker for ever: ask it to stop (SIGTERM) first."""
+    import multiprocessing
+    import signal
+    import sys
+
+    sys.stderr.write(f"router_plugin: the proxy cannot start: {exc}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid and _is_proxy_supervisor(parent.pid):
+        try:
+            os.kill(parent.pid, signal.SIGTERM)
+        except OSError:
+            pass
+    os._exit(3)
+
+
+def _is_proxy_supervisor(pid: int) -> bool:
+    """The uvicorn parent of ``litellm --num_workers N`` (never signal a process that is not the proxy's own)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return False
+    return "litellm" in cmdline or "uvicorn" in cmdline
+
+
 proxy_handler = ProxyHandler()
 _startup_task: "asyncio.Task | None" = None
 if _in_proxy_with_config():
     # Imported by the proxy while it loads its config: validate now, so a bad `router_plugin:` section (or a paid
     # model, or an unset key) stops the proxy at startup with the file and key named, not on the first request;
     # then install as soon as the proxy's Router exists (the config is loaded inside the worker's event loop).
-    proxy_handler.settings()
+    try:
+        proxy_handler.settings()
+    except ConfigError as _exc:
+        _refuse(_exc)
     try:
         _startup_task = asyncio.get_running_loop().create_task(proxy_handler.install_when_ready())
     except RuntimeError:  # no running loop: the pre-call hook installs on the first request

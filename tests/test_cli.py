@@ -290,7 +290,7 @@ def test_check_reports_every_problem_at_once_and_warnings(tmp_path, capsys, monk
     code, out, _ = run(capsys, "check", str(path), "--json")
     doc = json.loads(out)
     assert doc["ok"] is False and doc["errors"] == 5 and doc["warnings"] == 6
-    assert {p["level"] for p in doc["problems"]} == {"error", "warning"}
+    assert {p["level"] for p in doc["problems"]} == {"error", "warning", "note"}  # note: LiteLLM's cooldowns off
     assert all(set(p) == {"level", "key", "problem", "fix"} for p in doc["problems"])
 
 
@@ -309,13 +309,63 @@ def test_check_missing_env_keys_and_good_configs(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("RP_TEST_UNSET_KEY", "set-now")
     code, out, _ = run(capsys, "check", str(path))
-    assert code == 0 and out.strip() == f"{path}: OK — 0 error(s), 0 warning(s)"
+    assert code == 0 and out.strip().splitlines()[-1] == f"{path}: OK — 0 error(s), 0 warning(s)"
+    assert [line for line in out.splitlines() if line[:5] in ("ERROR", "WARN ")] == []
 
     (tmp_path / "bad.yaml").write_text("model_list: [\n")
     code, out, _ = run(capsys, "check", str(tmp_path / "bad.yaml"))
     assert code == 1 and "ERROR  (yaml): not valid YAML at line" in out
     code, out, _ = run(capsys, "check", str(tmp_path / "missing.yaml"))
     assert code == 1 and "ERROR  (file): file not found" in out
+
+
+def test_check_an_existing_litellm_config(tmp_path, capsys, monkeypatch):
+    """Issue 12: the typical existing config used to pass as OK with its settings silently replaced."""
+    monkeypatch.delenv("RP_TEST_UNSET_URL", raising=False)
+    config = {
+        "model_list": [{"model_name": "chat", "litellm_params": {"model": GQ_A, "api_key": "k", "rpm": 10}},
+                       {"model_name": "chat", "litellm_params": {"model": GQ_B, "api_key": "k"}}],
+        "router_settings": {"routing_strategy": "usage-based-routing-v2", "num_retries": 3,
+                            "redis_host": "127.0.0.1", "redis_port": 6379, "redis_password": "pw-never-shown"},
+    }
+    path = tmp_path / "existing.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 0, out
+    assert "WARN   router_settings.routing_strategy: 'usage-based-routing-v2' is replaced by router_plugin's strategy" in out
+    assert "WARN   router_settings.num_retries: raised from 3 to 4 (2 x the longest chain of 2)" in out
+    assert "NOTE   router_settings.disable_cooldowns: set to true" in out
+    assert "NOTE   router_plugin.redis_url: not set: the quota counters go to the Redis of router_settings.redis_host" in out
+    assert out.count("       why: ") == 3 and "pw-never-shown" not in out
+    assert out.rstrip().endswith("OK — 0 error(s), 2 warning(s)")
+
+    config["router_plugn"] = {"max_wait_s": 1}  # a misspelled section would be ignored
+    config["router_settings"] = {"redis_host": "os.environ/RP_TEST_UNSET_URL", "redis_port": 6379}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 1
+    assert "ERROR  router_plugn: unknown section: its settings would be ignored\n       fix: did you mean 'router_plugin'?" in out
+    assert "ERROR  router_settings.redis_host: environment variable RP_TEST_UNSET_URL is not set" in out
+
+    path.write_text(yaml.safe_dump({"model_list": config["model_list"],
+                                    "router_plugin": {"redis_url": "os.environ/RP_TEST_UNSET_URL"}}))
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 1 and "ERROR  router_plugin.redis_url: environment variable RP_TEST_UNSET_URL is not set" in out
+
+
+def test_check_reads_dotenv_from_the_working_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RP_TEST_DOTENV_KEY", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [
+        {"model_name": "chat", "litellm_params": {"model": GQ_A, "api_key": "os.environ/RP_TEST_DOTENV_KEY"}}]}))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 1 and "RP_TEST_DOTENV_KEY is not set" in out
+    (work / ".env").write_text("RP_TEST_DOTENV_KEY=from-dotenv\n")
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 0, out
 
 
 # ---- models ---------------------------------------------------------------------------------------------------
