@@ -21,6 +21,7 @@ In every proxy worker, ``proxy_handler``:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ _MINUTE_LIMITS = ("minute", "rpm")  # OpenRouter account pool: fixed clock minut
 _DAY_LIMITS = ("day", "rpd")
 _RAW_MODEL_NAME_KEY = "_complexity_router_return_raw_model_name"  # litellm.constants.RETURN_RAW_MODEL_NAME_METADATA_KEY
 _RETRY_AFTER_KEY = "_router_plugin_retry_after"  # request_data key: failure hook -> headers hook
+_REMAINING_KEY = "_router_plugin_chain_remaining"  # request_data key: failure hook -> headers hook
 
 
 def find_config_path() -> str | None:
@@ -192,6 +194,9 @@ class ProxyHandler(CustomLogger):
         provider's ``retry-after`` (or its ``X-RateLimit-Reset``); else ask the store when the chain frees up."""
         try:
             status = getattr(original_exception, "status_code", None)
+            if isinstance(original_exception, (QuotaExhaustedError, ChainFailedError)) \
+                    and isinstance(request_data, dict) and not _state(request_data).get("model"):
+                request_data[_REMAINING_KEY] = await self._chain_remaining(request_data)
             if status == 503 and isinstance(original_exception, ChainFailedError):
                 retry_after = _header(getattr(original_exception, "headers", None), "retry-after") \
                     or await self._chain_retry_after(request_data)
@@ -223,6 +228,10 @@ class ProxyHandler(CustomLogger):
                                                     litellm_call_info=None):
         state = _state(data)
         headers = response_headers(state)
+        left = data.get(_REMAINING_KEY) if isinstance(data, Mapping) and not state.get("model") else None
+        if isinstance(left, Mapping):  # refused: what the chain still has, not 0 (see _chain_remaining)
+            headers[H_REMAINING_MINUTE] = str(int(left.get("minute", 0)))
+            headers[H_REMAINING_DAY] = str(int(left.get("day", 0)))
         if self.worker_header:
             headers[H_WORKER] = str(os.getpid())
         pool = self._pool_label(state)
@@ -255,6 +264,31 @@ class ProxyHandler(CustomLogger):
             return None
         plan = self._installed.plans.by_id(str(state["deployment_id"]))
         return _ascii(plan.pool_label) if plan is not None and plan.pool_label else None
+
+    async def _chain_remaining(self, request_data: Any) -> dict[str, int]:
+        """For a refusal (no deployment chosen): the most any metered deployment of the requested group has left
+        this minute and today. The minute is usually 0 (that is why it was refused); the day is what the pools
+        still hold — a refusal for the minute must not read as "nothing left today"."""
+        inst = self._installed
+        best = {"minute": 0, "day": 0}
+        if inst is None or not isinstance(request_data, Mapping):
+            return best
+        seen: set[tuple[str, str]] = set()
+        for deployment in inst.strategy.router.get_model_list(model_name=request_data.get("model")) or []:
+            plan = inst.plans.plan(deployment)
+            if not plan.metered:
+                continue
+            for counter in plan.counters:
+                kind = "minute" if counter.limit.name in _MINUTE_LIMITS else \
+                    "day" if counter.limit.name in _DAY_LIMITS else None
+                if kind is None or (plan.slot, counter.key) in seen:
+                    continue
+                seen.add((plan.slot, counter.key))
+                outcome = await inst.store.peek(dataclasses.replace(plan, counters=(counter,)), counters_only=True)
+                states = getattr(outcome, "states", None)
+                if states:
+                    best[kind] = max(best[kind], int(states[0].remaining))
+        return best
 
     async def _chain_retry_after(self, request_data: Any) -> str | None:
         """Seconds until the first deployment of the request's model group can take a request again."""

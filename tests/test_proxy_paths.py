@@ -164,7 +164,9 @@ def test_the_openai_sdk_with_default_retries_gets_the_refusal_at_once(stack):
         async with stack.client() as client:
             return await asyncio.gather(*(_ask(client, n, OR_ONLY) for n in range(22)))
 
-    assert any(r[0] == 429 for r in asyncio.run(drain()))
+    drained = asyncio.run(drain())
+    assert any(r[0] == 429 for r in drained)
+    day_left = [int(r[1]["x-router-plugin-remaining-day"]) for r in drained if r[0] == 200]
     seen = []
 
     def count(request: httpx.Request) -> None:
@@ -181,6 +183,9 @@ def test_the_openai_sdk_with_default_retries_gets_the_refusal_at_once(stack):
     assert headers["x-should-retry"] == "false"
     assert int(headers["retry-after"]) >= 1
     assert len(seen) == 1, seen
+    # the refusal says what the account still has today (not 0): what the last served request left
+    assert int(headers["x-router-plugin-remaining-day"]) == (min(day_left) if day_left else
+                                                              int(headers["x-router-plugin-remaining-day"]) or -1)
 
 
 # ---- every deployment down ---------------------------------------------------------------------------------------
@@ -246,3 +251,108 @@ def test_a_fallback_group_is_metered_and_named_in_the_headers_and_in_every_strea
     assert chunks
     models = {c.get("model") for c in chunks}
     assert all(GQ_BACKUP.split("/", 1)[1] in str(m) for m in models), models
+
+
+# ---- the pieces, without a proxy (fast) --------------------------------------------------------------------------
+
+
+def _demo(tmp_path, sim, redis_url, **kw) -> str:
+    import yaml
+
+    from router_plugin.demo import demo_config
+
+    kw.setdefault("redis_timeout_s", 5)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(demo_config(sim.base_url, redis_url=redis_url, **kw), sort_keys=False))
+    return str(path)
+
+
+def test_health_checks_are_answered_from_the_shared_counters_without_an_upstream_call(sim, redis_url, tmp_path):
+    import litellm
+
+    import router_plugin
+    from router_plugin.demo import DEMO_CHAIN
+    from router_plugin.proxy import ProxyHandler, guard_health_checks, health_from_store
+
+    original = litellm.ahealth_check
+    path = _demo(tmp_path, sim, redis_url)
+    router = router_plugin.build_router(path)
+    handler = ProxyHandler(config_path=path)
+    try:
+        installed = handler.ensure_installed(router)  # also routes litellm.ahealth_check through the plugin
+        assert litellm.ahealth_check.__wrapped__ is original
+        guard_health_checks()  # idempotent
+        assert litellm.ahealth_check.__wrapped__ is original
+    finally:
+        litellm.ahealth_check = original
+    params = {d["litellm_params"]["model"]: dict(d["litellm_params"]) for d in router.model_list}
+
+    async def check(model):
+        return await health_from_store(dict(params[model], max_tokens=1), handler)
+
+    or_a, _, gq_a, _ = DEMO_CHAIN
+    assert "can take a request" in asyncio.run(check(or_a))["router_plugin"]
+    plans = {p.model: p for p in (installed.plans.plan(d) for d in router.model_list)}
+    day = next(c for c in plans[or_a].counters if c.limit.name == "day")
+    asyncio.run(installed.store.block(plans[or_a], day, int((time.time() + 3600) * 1000), "exhausted (provider 429)"))
+    quota = asyncio.run(check(or_a))
+    assert "error" not in quota and quota["router_plugin"].startswith("quota-limited:"), quota  # healthy, limited
+    asyncio.run(installed.store.cool(plans[gq_a], "failing: HTTP 503", 20, 300))
+    cooled = asyncio.run(check(gq_a))
+    assert "set aside (failing: HTTP 503)" in cooled["error"], cooled
+    assert asyncio.run(health_from_store({"model": "openai/not-a-deployment"}, handler)) is None
+    assert sum(sum(c.values()) for c in sim.stats()["requests"].values()) == 0  # nothing went upstream
+
+
+
+def test_status_shows_when_the_next_request_fits_a_refilling_groq_limit(sim, redis_url, tmp_path):
+    import router_plugin
+    from router_plugin.demo import DEMO_CHAIN
+    from router_plugin.report import open_store, take_snapshot
+
+    path = _demo(tmp_path, sim, redis_url)
+    cfg = router_plugin.load_config(path)
+    router = router_plugin.build_router(path)
+    installed = router.__dict__["_router_plugin"]
+    gq_a = DEMO_CHAIN[2]
+    plan = next(p for p in (installed.plans.plan(d) for d in router.model_list) if p.model == gq_a)
+
+    async def drain():
+        got = [await installed.store.reserve(plan, 10) for _ in range(31)]
+        return got
+
+    outcomes = asyncio.run(drain())
+    assert type(outcomes[-1]).__name__ == "Blocked"  # 30/min spent
+    snap = take_snapshot(open_store(cfg.settings), [plan])
+    rpm = next(lim for lim in snap.pools[0].limits if lim.counter == "rpm")
+    assert rpm.state == "exhausted"
+    # one request drains every 2 s (30/min): the next one fits within a few seconds, not when the bucket is empty
+    assert rpm.resets_at is not None and rpm.resets_at - snap.now <= 2 * 2 + 2.5, rpm.resets_at - snap.now
+
+
+def test_status_piped_into_head_ends_quietly(sim, redis_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = _demo(tmp_path, sim, redis_url)
+    cli = f"{sys.executable} -c 'import sys; from router_plugin.cli import main; sys.exit(main())'"
+    done = subprocess.run(["bash", "-c", f"{cli} status --config {path} --json --watch -n 0.01 --count 300 | head -1;"
+                                         f" {cli} status --config {path} | head -2"],
+                          capture_output=True, text=True, timeout=120, env=os.environ)
+    assert done.stdout.count("\n") == 3, done.stdout
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_the_quick_start_runs_the_proxy_the_way_the_tests_and_the_image_do():
+    from tests.proxy_harness import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("<!-- section:proxy -->", 1)[1].split("<!-- /section:proxy -->", 1)[0]
+    quick = section.split("```bash", 1)[1].split("```", 1)[0]
+    command = next(line for line in quick.splitlines() if line.startswith("litellm --config"))
+    assert "--num_workers 4" in command and "--timeout_worker_healthcheck 30" in command
+    assert "export LITELLM_LOCAL_MODEL_COST_MAP=True" in quick and "HF_HUB_OFFLINE=1" in quick
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "LITELLM_LOCAL_MODEL_COST_MAP=True" in dockerfile and "HF_HUB_OFFLINE=1" in dockerfile
+    assert '"--timeout_worker_healthcheck", "30"' in (REPO / "docker-compose.yml").read_text()
