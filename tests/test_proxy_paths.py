@@ -356,3 +356,23 @@ def test_the_quick_start_runs_the_proxy_the_way_the_tests_and_the_image_do():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "LITELLM_LOCAL_MODEL_COST_MAP=True" in dockerfile and "HF_HUB_OFFLINE=1" in dockerfile
     assert '"--timeout_worker_healthcheck", "30"' in (REPO / "docker-compose.yml").read_text()
+
+
+def test_x_should_retry_false_only_when_the_wait_is_longer_than_the_operators_bound():
+    from router_plugin.config import Settings
+    from router_plugin.proxy import ProxyHandler
+    from router_plugin.strategy import ChainFailedError, QuotaExhaustedError
+
+    def sent(handler, exc):
+        data: dict = {}
+        asyncio.run(handler.async_post_call_failure_hook(data, exc, None))
+        return asyncio.run(handler.async_post_call_response_headers_hook(data, None, None))
+
+    default = ProxyHandler(settings=Settings())  # max_wait_s 0: every refusal
+    headers = sent(default, QuotaExhaustedError(GROUP, "nothing left", 12.2))
+    assert headers["retry-after"] == "13" and headers["x-should-retry"] == "false"
+    headers = sent(default, ChainFailedError(GROUP, "every deployment is cooling down after failures", 19.5))
+    assert headers["retry-after"] == "20" and headers["x-should-retry"] == "false"
+    patient = ProxyHandler(settings=Settings(max_wait_s=30))  # the operator lets callers wait up to 30 s
+    assert "x-should-retry" not in sent(patient, QuotaExhaustedError(GROUP, "nothing left", 12.2))
+    assert sent(patient, QuotaExhaustedError(GROUP, "nothing left", 45))["x-should-retry"] == "false"
