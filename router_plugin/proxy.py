@@ -402,8 +402,8 @@ async def health_from_store(model_params: Mapping[str, Any], handler: "ProxyHand
     handler = handler or proxy_handler
     try:
         installed = handler._installed or handler.ensure_installed()
-        if installed is None:
-            return None
+        if installed is None:  # the proxy has no Router yet: nothing to answer for, and nothing to send
+            return {"error": "router_plugin: the proxy's router is not built yet; not probed upstream"}
         deployment = _deployment_of(installed.strategy.router, model_params)
         if deployment is None:
             return None

@@ -57,6 +57,8 @@ router_settings:
   fallbacks: [{{"{GROUP}": ["{BACKUP}"]}}]
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
+  background_health_checks: true   # every worker runs LiteLLM's health check every few seconds
+  health_check_interval: 5
 router_plugin:
   redis_url: os.environ/REDIS_URL
   openrouter: {{tier: free}}
