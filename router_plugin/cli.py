@@ -200,6 +200,15 @@ def _dump(doc: Any) -> str:
 # ---- status ---------------------------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        return _status(args)
+    except BrokenPipeError:  # `router-plugin status ... | head`: the reader has gone, which is no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # and no second traceback when Python flushes stdout at exit
+        return 0
+
+
+def _status(args: argparse.Namespace) -> int:
     from .report import open_store, render_status, take_snapshot
 
     cfg = _load(args.config)

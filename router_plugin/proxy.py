@@ -12,12 +12,16 @@ In every proxy worker, ``proxy_handler``:
 * reads the plugin's settings from the ``router_plugin:`` section of the config file the proxy loaded;
 * adds ``x-router-plugin-*`` headers to every reply (success, stream and failure);
 * makes sure a 429 reaches the client with ``Retry-After`` (the plugin's refusal carries it; an upstream 429's
-  ``retry-after`` or ``X-RateLimit-Reset`` is forwarded as ``Retry-After``).
+  ``retry-after`` or ``X-RateLimit-Reset`` is forwarded as ``Retry-After``), and with ``x-should-retry: false`` when
+  that wait is longer than ``max_wait_s`` (the openai SDKs would otherwise sleep it out and try again by themselves);
+* answers LiteLLM's health checks (``GET /health`` and ``background_health_checks``) for metered deployments from
+  the plugin's shared state instead of sending a completion upstream (see ``health_from_store``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -33,7 +37,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from . import providers
 from .config import Settings, load_config
 from .errors import ConfigError
-from .strategy import METADATA_KEY, QuotaExhaustedError
+from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
 
 log = logging.getLogger("router_plugin")
 
@@ -48,10 +52,13 @@ H_REMAINING_MINUTE = "x-router-plugin-remaining-minute"
 H_REMAINING_DAY = "x-router-plugin-remaining-day"
 H_POOL = "x-router-plugin-pool"
 H_WORKER = "x-router-plugin-worker"
+H_SHOULD_RETRY = "x-should-retry"  # honoured by the openai SDKs: "false" = do not retry this reply yourself
 
 _MINUTE_LIMITS = ("minute", "rpm")  # OpenRouter account pool: fixed clock minute; Groq: requests/min bucket
 _DAY_LIMITS = ("day", "rpd")
+_RAW_MODEL_NAME_KEY = "_complexity_router_return_raw_model_name"  # litellm.constants.RETURN_RAW_MODEL_NAME_METADATA_KEY
 _RETRY_AFTER_KEY = "_router_plugin_retry_after"  # request_data key: failure hook -> headers hook
+_REMAINING_KEY = "_router_plugin_chain_remaining"  # request_data key: failure hook -> headers hook
 
 
 def find_config_path() -> str | None:
@@ -127,6 +134,8 @@ class ProxyHandler(CustomLogger):
         # next attempt would hit the same exhausted pool). This handler is registered from the config, so it is in
         # every request's list: it forwards the log events itself, and the plugin registers none of its own.
         installed = install(router, self.settings(), deliver_events=False)  # also re-installs a reset strategy
+        _book_every_attempt(router, installed)
+        guard_health_checks()
         if installed is not self._installed:
             log.info("router_plugin: installed into the proxy's router in worker pid %d (%d deployments)",
                      os.getpid(), len(router.model_list))
@@ -168,6 +177,15 @@ class ProxyHandler(CustomLogger):
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
         self.ensure_installed()
+        if isinstance(data, dict) and data.get("stream") is True:
+            # The proxy restamps every streamed chunk's ``model`` with the requested group (or, after a fallback,
+            # the other group): the client could not tell which deployment answered, unlike the SDK path. LiteLLM's
+            # own "return the raw model name" request flag (set by its complexity router) leaves the chunks as the
+            # deployment sent them.
+            meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else data.get("litellm_metadata")
+            if not isinstance(meta, dict):
+                meta = data.setdefault("metadata", {})
+            meta.setdefault(_RAW_MODEL_NAME_KEY, True)
         return data
 
     async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
@@ -175,7 +193,17 @@ class ProxyHandler(CustomLogger):
         """A 429 must carry ``Retry-After``: the plugin's refusal has it; for an upstream 429 forward the
         provider's ``retry-after`` (or its ``X-RateLimit-Reset``); else ask the store when the chain frees up."""
         try:
-            if getattr(original_exception, "status_code", None) != 429:
+            status = getattr(original_exception, "status_code", None)
+            if isinstance(original_exception, (QuotaExhaustedError, ChainFailedError)) \
+                    and isinstance(request_data, dict) and not _state(request_data).get("model"):
+                request_data[_REMAINING_KEY] = await self._chain_remaining(request_data)
+            if status == 503 and isinstance(original_exception, ChainFailedError):
+                retry_after = _header(getattr(original_exception, "headers", None), "retry-after") \
+                    or await self._chain_retry_after(request_data)
+                if retry_after is not None and isinstance(request_data, dict):
+                    request_data[_RETRY_AFTER_KEY] = retry_after
+                return None
+            if status != 429:
                 return None
             retry_after = _header(getattr(original_exception, "headers", None), "retry-after")
             if retry_after is None:
@@ -200,6 +228,10 @@ class ProxyHandler(CustomLogger):
                                                     litellm_call_info=None):
         state = _state(data)
         headers = response_headers(state)
+        left = data.get(_REMAINING_KEY) if isinstance(data, Mapping) and not state.get("model") else None
+        if isinstance(left, Mapping):  # refused: what the chain still has, not 0 (see _chain_remaining)
+            headers[H_REMAINING_MINUTE] = str(int(left.get("minute", 0)))
+            headers[H_REMAINING_DAY] = str(int(left.get("day", 0)))
         if self.worker_header:
             headers[H_WORKER] = str(os.getpid())
         pool = self._pool_label(state)
@@ -207,7 +239,23 @@ class ProxyHandler(CustomLogger):
             headers[H_POOL] = pool
         if response is None and isinstance(data, Mapping) and data.get(_RETRY_AFTER_KEY):
             headers["retry-after"] = str(data[_RETRY_AFTER_KEY])
+            if self._should_not_retry(data[_RETRY_AFTER_KEY]):
+                # The openai SDKs (python, node) sleep a 429/503's Retry-After (up to 60 s) and send the request
+                # again, twice, unless told not to: the caller would wait out a wait the operator did not choose.
+                headers[H_SHOULD_RETRY] = "false"
         return headers
+
+    def _should_not_retry(self, retry_after: Any) -> bool:
+        """True when the wait is longer than the operator's bound (``max_wait_s``; 0, the default: always)."""
+        try:
+            wait_s = float(retry_after)
+        except (TypeError, ValueError):
+            return True
+        try:
+            bound = float(self.settings().max_wait_s)
+        except Exception:
+            bound = 0.0
+        return wait_s > bound
 
     # ---- helpers ---------------------------------------------------------------------------------------------
 
@@ -216,6 +264,31 @@ class ProxyHandler(CustomLogger):
             return None
         plan = self._installed.plans.by_id(str(state["deployment_id"]))
         return _ascii(plan.pool_label) if plan is not None and plan.pool_label else None
+
+    async def _chain_remaining(self, request_data: Any) -> dict[str, int]:
+        """For a refusal (no deployment chosen): the most any metered deployment of the requested group has left
+        this minute and today. The minute is usually 0 (that is why it was refused); the day is what the pools
+        still hold — a refusal for the minute must not read as "nothing left today"."""
+        inst = self._installed
+        best = {"minute": 0, "day": 0}
+        if inst is None or not isinstance(request_data, Mapping):
+            return best
+        seen: set[tuple[str, str]] = set()
+        for deployment in inst.strategy.router.get_model_list(model_name=request_data.get("model")) or []:
+            plan = inst.plans.plan(deployment)
+            if not plan.metered:
+                continue
+            for counter in plan.counters:
+                kind = "minute" if counter.limit.name in _MINUTE_LIMITS else \
+                    "day" if counter.limit.name in _DAY_LIMITS else None
+                if kind is None or (plan.slot, counter.key) in seen:
+                    continue
+                seen.add((plan.slot, counter.key))
+                outcome = await inst.store.peek(dataclasses.replace(plan, counters=(counter,)), counters_only=True)
+                states = getattr(outcome, "states", None)
+                if states:
+                    best[kind] = max(best[kind], int(states[0].remaining))
+        return best
 
     async def _chain_retry_after(self, request_data: Any) -> str | None:
         """Seconds until the first deployment of the request's model group can take a request again."""
@@ -236,6 +309,133 @@ class ProxyHandler(CustomLogger):
             if not outcome.never:
                 waits.append(wait_s)
         return str(max(1, math.ceil(min(waits)))) if waits else None
+
+
+# ---- every failed attempt booked ---------------------------------------------------------------------------------
+#
+# The proxy passes ONE LiteLLM logging object (``data["litellm_logging_obj"]``) into every attempt of a request, and
+# that object fires ``async_log_failure_event`` once (``Logging.should_run_logging``: ``has_logged_async_failure``).
+# So only a request's FIRST failed attempt reached the callbacks: the other deployments it tried were neither cooled
+# nor blocked for the other workers, and the next request tried them again (1, 2, 3, 4 attempts over 4 requests with
+# every deployment down). The SDK Router makes a logging object per attempt and is not affected. In the proxy the
+# handler books each failed attempt itself as it leaves the Router's attempt; ``booked`` in the request's state
+# makes whichever comes first (this or LiteLLM's event) the only booking.
+
+_ATTEMPTS_MARK = "_router_plugin_book_attempts"
+
+
+def _book_every_attempt(router: Any, installed: Any) -> None:
+    if router.__dict__.get(_ATTEMPTS_MARK) is installed:
+        return
+    inner = router.__dict__.get("_router_plugin_attempt_inner") or router._acompletion
+    router.__dict__["_router_plugin_attempt_inner"] = inner
+
+    async def _acompletion(model: str, messages: list, **kwargs: Any):
+        try:
+            return await inner(model=model, messages=messages, **kwargs)
+        except Exception as exc:
+            if getattr(exc, "llm_provider", None) != "router_plugin":  # not the plugin's own refusal
+                await _book_failed_attempt(installed, kwargs, exc)
+            raise
+
+    router._acompletion = _acompletion
+    router.__dict__[_ATTEMPTS_MARK] = installed
+
+
+async def _book_failed_attempt(installed: Any, kwargs: Mapping[str, Any], exc: BaseException) -> None:
+    metadata = None
+    for name in ("metadata", "litellm_metadata"):
+        if isinstance(kwargs.get(name), dict) and isinstance(kwargs[name].get(METADATA_KEY), dict):
+            metadata = kwargs[name]
+            break
+    state = metadata.get(METADATA_KEY) if metadata is not None else None
+    if not state or state.get("booked") or not state.get("deployment_id"):
+        return
+    event = {"litellm_params": {"metadata": metadata, "model_info": {"id": state["deployment_id"]}},
+             "exception": exc, "stream": bool(kwargs.get("stream"))}
+    try:
+        await installed.callbacks.async_log_failure_event(event, None, None, None)
+    except Exception as err:  # bookkeeping never changes what the caller gets
+        log.warning("router_plugin: could not book a failed attempt: %s", err)
+
+
+# ---- health checks -----------------------------------------------------------------------------------------------
+#
+# LiteLLM's /health and its background health checks call ``litellm.ahealth_check(litellm_params, ...)`` for every
+# deployment (proxy/health_check.py ``_run_model_health_check``): one real completion each, outside the Router, so
+# outside the strategy and the callbacks. On a free tier that is the expensive way to ask: four deployments polled
+# every minute spend 4 of OpenRouter's 50 requests a day per poll, and the calls are not counted, so the next burst
+# meets provider 429s. The plugin already knows, for every worker, what a probe would find out: whether each
+# deployment can take a request now, is out of quota (and until when), or is cooling down after failures or
+# quarantined as gone. So a metered deployment's health check is answered from the store, with no upstream call:
+#   can take a request                      -> healthy
+#   out of quota (a counter full/blocked)   -> healthy, with "quota-limited until ..." (nothing is broken)
+#   cooling down / quarantined by failures  -> unhealthy, with the recorded reason and when it ends
+# Deployments the plugin does not meter (a paid model with allow_paid and no limits) keep LiteLLM's real check.
+
+_HEALTH_MARK = "_router_plugin_health"
+
+
+def guard_health_checks() -> None:
+    """Route ``litellm.ahealth_check`` through :func:`health_from_store` (idempotent, per process)."""
+    import litellm
+
+    current = litellm.ahealth_check
+    if getattr(current, _HEALTH_MARK, False):
+        return
+
+    async def ahealth_check(model_params: dict, mode: str | None = None, prompt: str | None = None,
+                            input: list | None = None):
+        answer = await health_from_store(model_params)
+        if answer is not None:
+            return answer
+        return await current(model_params, mode=mode, prompt=prompt, input=input)
+
+    setattr(ahealth_check, _HEALTH_MARK, True)
+    ahealth_check.__wrapped__ = current  # type: ignore[attr-defined]
+    litellm.ahealth_check = ahealth_check
+
+
+async def health_from_store(model_params: Mapping[str, Any], handler: "ProxyHandler | None" = None
+                            ) -> dict[str, Any] | None:
+    """The health of the metered deployment ``model_params`` describes, from the store; None: not the plugin's."""
+    handler = handler or proxy_handler
+    try:
+        installed = handler._installed or handler.ensure_installed()
+        if installed is None:  # the proxy has no Router yet: nothing to answer for, and nothing to send
+            return {"error": "router_plugin: the proxy's router is not built yet; not probed upstream"}
+        deployment = _deployment_of(installed.strategy.router, model_params)
+        if deployment is None:
+            return None
+        plan = installed.plans.plan(deployment)
+        if not plan.metered:
+            return None
+        outcome = await installed.store.peek(plan)
+    except Exception as exc:  # the store cannot answer: say so, and still send nothing upstream
+        return {"error": f"router_plugin: quota store unavailable ({type(exc).__name__}); not probed upstream"}
+    until = getattr(outcome, "until_ms", None)
+    if until is None:  # a reservation would succeed now
+        return {"router_plugin": "can take a request (answered from the plugin's counters, not probed upstream)"}
+    at = time.strftime("%H:%M:%S UTC", time.gmtime(until / 1000)) if until > 0 else "never (larger than the limit)"
+    if outcome.counter is None:  # the model itself is set aside: it failed, or is gone
+        return {"error": f"router_plugin: {plan.model} set aside ({_ascii(str(outcome.why))}) until {at}"}
+    return {"router_plugin": f"quota-limited: {outcome.counter.label} {outcome.why} until {at} "
+                             "(answered from the plugin's counters, not probed upstream)"}
+
+
+def _deployment_of(router: Any, params: Mapping[str, Any]) -> dict | None:
+    """The Router deployment whose ``litellm_params`` ``params`` are (a health check gets a copy, no model_info)."""
+    fields = ("model", "api_base", "api_key")
+    want = tuple(str(params.get(f) or "") for f in fields)
+    best = None
+    for deployment in getattr(router, "model_list", None) or []:
+        lp = deployment.get("litellm_params") or {}
+        have = tuple(str(lp.get(f) or "") for f in fields)
+        if have == want:
+            return deployment
+        if best is None and have[:2] == want[:2]:
+            best = deployment
+    return best
 
 
 def response_headers(state: Mapping[str, Any]) -> dict[str, str]:
@@ -357,6 +557,7 @@ if _in_proxy_with_config():
         proxy_handler.settings()
     except ConfigError as _exc:
         _refuse(_exc)
+    guard_health_checks()
     try:
         _startup_task = asyncio.get_running_loop().create_task(proxy_handler.install_when_ready())
     except RuntimeError:  # no running loop: the pre-call hook installs on the first request

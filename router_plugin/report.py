@@ -26,8 +26,9 @@ host agrees on "resets in 3h12m".
                       "until": epoch s | null, "until_utc": "...Z" | null, "until_in_s": s | null,
                       "strikes": 1}]}
 
-Fixed windows (OpenRouter minute / UTC day) reset at the window's end; refill buckets (Groq) "reset" when the
-bucket has drained to empty. ``resets_at`` is null when nothing is used.
+Fixed windows (OpenRouter minute / UTC day) reset at the window's end (``resets_at`` is null when nothing is used);
+for refill buckets (Groq) ``resets_at`` is when the bucket has drained empty while there is room left, and, once it is
+exhausted, when the next request (or token) fits again — not when it is empty.
 """
 
 from __future__ import annotations
@@ -201,12 +202,25 @@ def counter_status(store: SyncQuotaStore, plan: DeploymentPlan, counter: Counter
         if used > 0 and resets is None and limit.kind == "refill":
             # the bucket has drained, but refill is credited only after the arrival margin: still counted
             resets = now + used * limit.window_s / limit.capacity
+        if limit.kind == "refill" and resets is not None and left <= 0:
+            # An exhausted refilling bucket (Groq) takes the next request as soon as one request's worth has
+            # drained, long before it is empty again: show that, as a refusal does.
+            resets = _next_fit(resets, limit.capacity, limit.window_s, now)
         return LimitStatus(used=used, resets_at=resets, state="exhausted" if left <= 0 else "ok", reason=None,
                            **base), now
     # Blocked with cost 0: either full (a spill into this window) or held by a provider's 429 / a 402.
     full = outcome.why == "full"
-    return LimitStatus(used=limit.capacity, resets_at=outcome.until_ms / 1000 if outcome.until_ms > 0 else None,
+    until = outcome.until_ms / 1000 if outcome.until_ms > 0 else None
+    if full and until is not None and limit.kind == "refill":
+        until = _next_fit(until, limit.capacity, limit.window_s, now)
+    return LimitStatus(used=limit.capacity, resets_at=until,
                        state="exhausted" if full else "blocked", reason=None if full else outcome.why, **base), now
+
+
+def _next_fit(empty_at: float, capacity: int, window_s: float, now: float) -> float:
+    """When a refill bucket that drains empty at ``empty_at`` has room for one more request (or token)."""
+    per_unit = window_s / capacity if capacity > 0 else 0.0
+    return max(now, empty_at - (capacity - 1) * per_unit)
 
 
 def _text(value: Any) -> str | None:

@@ -64,9 +64,12 @@ class QuotaExhaustedError(litellm.RateLimitError):
 class ChainFailedError(litellm.ServiceUnavailableError):
     """Every deployment of the chain failed for this request (none is merely out of quota)."""
 
-    def __init__(self, model: str, message: str):
+    def __init__(self, model: str, message: str, retry_after_s: float | None = None):
         super().__init__(message=f"router_plugin: {message}", llm_provider="router_plugin", model=model,
                          num_retries=0)
+        self.retry_after_s = retry_after_s
+        if retry_after_s is not None:  # the proxy sends exc.headers: when the first cooldown ends
+            self.headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))}
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,14 @@ class _Request:
         reasons = _describe_blocked(blocked) + [f"{s.plan.model}: {s.why}" for s in self.skipped]
         waits = [b.wait_s for b in blocked if not b.never]
         retry_after = min(waits) if waits else None
+        if blocked and all(b.counter is None and not b.never for b in blocked):
+            # No quota reason at all: every deployment is set aside after failures (its own or other workers'):
+            # an outage (503), not a quota refusal; come back when the first cooldown ends.
+            log.info("router_plugin chain cooling down group=%s reasons=[%s]", self.model, "; ".join(reasons))
+            self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped],
+                                         retry_after)
+            return ChainFailedError(self.model, f"every deployment of '{self.model}' is cooling down after "
+                                                f"failures: " + "; ".join(reasons), retry_after)
         message = f"no deployment of '{self.model}' can take this request now: " + "; ".join(reasons or ["no candidates"])
         log.info("router_plugin refuse group=%s reasons=[%s]", self.model, "; ".join(reasons))
         self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], retry_after)
