@@ -8,6 +8,7 @@ from typing import Any
 
 from .config import ENV_PREFIX
 from .limits import DeploymentPlan, PlanInputs, plan_for
+from .redact import remember
 
 _DEFAULT_KEY_ENV = {"openrouter": ("OPENROUTER_API_KEY", "OR_API_KEY"), "groq": ("GROQ_API_KEY",)}
 
@@ -40,6 +41,7 @@ class PlanBook:
         if plan is None:
             params = dict(deployment.get("litellm_params") or {})
             params["api_key"] = effective_api_key(params)
+            remember([params["api_key"]])  # scrubbed from every text the plugin writes (redact.py)
             plan = plan_for({**deployment, "litellm_params": params}, self.inputs)
             if deployment_id:
                 self._by_id[deployment_id] = plan

@@ -29,7 +29,7 @@ from typing import Any
 from . import providers
 from .errors import RouterPluginError
 from .providers.facts import Rejected
-from .strategy import ChainFailedError, QuotaExhaustedError
+from .strategy import ChainFailedError, QuotaExhaustedError, RequestRejectedError
 from .timeouts import BudgetExceededError
 
 _MARK = "_router_plugin_retry_policy"
@@ -42,8 +42,9 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
 
     def should_retry_this_error(self, error: Exception, healthy_deployments=None, all_deployments=None,
                                 context_window_fallbacks=None, content_policy_fallbacks=None, regular_fallbacks=None):
-        if isinstance(error, (QuotaExhaustedError, ChainFailedError, BudgetExceededError, RouterPluginError)):
-            raise error  # the plugin's own refusal, a spent budget or a store/config failure: retrying cannot help
+        if isinstance(error, (QuotaExhaustedError, ChainFailedError, BudgetExceededError, RouterPluginError,
+                              RequestRejectedError)):
+            raise error  # the plugin's own refusal, a bad request, a spent budget or a store/config failure
         fact = providers.classify_exception(_provider_of(error), error, time.time())
         if isinstance(fact, Rejected):
             raise error

@@ -47,6 +47,7 @@ import litellm
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
 from .providers.facts import Fact, ServerError
+from .redact import scrub
 from .strategy import EXCLUDE_KEY, METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from .timeouts import DEADLINE_KEY, FAILED_KEY, BudgetExceededError, install_attempt_limits, request_metadata
 
@@ -67,7 +68,7 @@ class StreamInterruptedError(litellm.ServiceUnavailableError):
     failure first; ``original_exception`` is that failure when it was an exception."""
 
     def __init__(self, model: str, message: str, original_exception: BaseException | None = None):
-        super().__init__(message=f"router_plugin: {message}", llm_provider="router_plugin", model=model,
+        super().__init__(message=f"router_plugin: {scrub(message)}", llm_provider="router_plugin", model=model,
                          num_retries=0)
         self.original_exception = original_exception
 
