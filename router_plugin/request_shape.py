@@ -50,6 +50,8 @@ def _message_problem(i: int, message: Any) -> str | None:
             return f"{where} ({role}) has no 'content'"
     elif _is_list(content):
         for j, part in enumerate(content):
+            if isinstance(part, (str, int)) and not isinstance(part, bool):
+                continue  # a text-completion prompt (strings, token ids) arrives as a user message's content
             if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
                 return f"{where}.content[{j}] must be a content part object with a 'type', got {_kind(part)}"
     elif not isinstance(content, str):

@@ -138,6 +138,7 @@ class _Failures:
     out: dict[str, str]  # deployment id -> why it is not tried again
     rate_limited: dict[str, str]  # deployment id -> its 429, may be waited out
     context_floor: int = 0  # a deployment needs a larger context window than this
+    too_long: frozenset = frozenset()  # deployments that answered "context length exceeded" in this request
 
     @classmethod
     def of(cls, metadata: Mapping, plans: PlanBook) -> "_Failures":
@@ -147,6 +148,7 @@ class _Failures:
         out: dict[str, str] = {}
         rate_limited: dict[str, str] = {}
         floor = 0
+        too_long = set()
         for deployment_id, entries in per_id.items():
             last = entries[-1]
             text = _short(last["text"] or last["type"])
@@ -160,6 +162,7 @@ class _Failures:
                 said = _CONTEXT_NUMBER.search(last["text"])
                 window = int(said.group(1)) if said else (plan.context_window if plan else 0) or 0
                 floor = max(floor, window)
+                too_long.add(deployment_id)
             out[deployment_id] = f"failed earlier in this request ({text})"
         for entry in metadata.get(EXCLUDE_KEY) or ():
             if isinstance(entry, Mapping) and entry.get("deployment_id"):
@@ -169,7 +172,7 @@ class _Failures:
             if isinstance(entry, Mapping) and entry.get("deployment_id"):
                 rate_limited.pop(str(entry["deployment_id"]), None)
                 out[str(entry["deployment_id"])] = f"rejected before it was sent ({_short(str(entry.get('text')))})"
-        return cls(out, rate_limited, floor)
+        return cls(out, rate_limited, floor, frozenset(too_long))
 
 
 def _failed_attempts(metadata: Mapping) -> list[dict]:
@@ -372,6 +375,7 @@ class _Request:
             return
         never_ids = {s.plan.deployment_id for s in self.skipped if s.never}
         never_ids |= {b.plan.deployment_id for b in blocked if b.never}
+        never_ids |= {s.plan.deployment_id for s in self.skipped if s.plan.deployment_id in self.failures.too_long}
         if len(never_ids) < len({self.strategy.plans.plan(d).deployment_id for d in self.deployments}):
             return
         windows = [s.plan.context_window for s in self.skipped if s.never and s.plan.context_window]
@@ -382,6 +386,9 @@ class _Request:
             parts.append(f"the largest context window in '{self.model}' is {max(windows):,}")
         if limits:
             parts.append("; ".join(dict.fromkeys(limits)))
+        rejected = [s.plan.model for s in self.skipped if s.plan.deployment_id in self.failures.too_long]
+        if rejected:
+            parts.append(f"{', '.join(rejected)} answered that the prompt exceeds its context window")
         message = (f"request needs {need}; " + "; ".join(parts or ["no deployment can take it"])
                    + " (send a shorter prompt or a smaller max_tokens)")
         log.info("router_plugin reject group=%s never fits: %s", self.model, message)

@@ -162,6 +162,21 @@ def test_request_larger_than_a_whole_token_limit_is_a_400_naming_it(sim, redis_u
 
 
 @pytest.mark.integration
+def test_prompt_every_deployment_rejects_as_too_long_is_a_400(sim, redis_url):
+    # GQ_A claims 300k (overridden) but the simulator holds 131,072: it answers 400 context_length_exceeded; OR_B
+    # (claimed 250k) is no larger than what already failed. Nothing is left that could ever take it.
+    config = demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_A, OR_B),
+                         limits={GQ_A: {"context": 300_000, "tpm": 1_000_000, "tpd": 10_000_000},
+                                 OR_B: {"context": 250_000}})
+    router = router_plugin.build_router(config)
+    with pytest.raises(litellm.BadRequestError) as err:
+        asyncio.run(call(router, messages=[{"role": "user", "content": "word " * 112_000}]))
+    assert err.value.status_code == 400 and "exceeds its context window" in str(err.value)
+    assert (sent(sim, GQ_A), sent(sim, OR_B)) == (1, 0)
+    assert set_aside(redis_url) == []
+
+
+@pytest.mark.integration
 def test_request_only_a_quota_blocked_deployment_could_take_stays_a_429(sim, redis_url):
     # ~140k tokens: too large for every window but OR_A's (163,840); OR_A's pool is spent for this minute.
     config = demo_config(sim.base_url, redis_url=redis_url, limits={"openrouter": {"rpm": 1}})
