@@ -159,7 +159,7 @@ class QuotaCallbacks(CustomLogger):
             if reservation is not None:
                 await self.store.refund(reservation)
         except Exception as err:
-            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, err)
+            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, scrub(err))
 
     async def record_completion(self, state: Mapping[str, Any], total_tokens: int) -> None:
         """Book a stream the plugin ended itself after its finish chunk (no end of body: LiteLLM fires nothing)."""

@@ -453,7 +453,7 @@ def _rejects_request(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_short(_plain(exc), 240)}"
+    return f"{type(exc).__name__}: {_short(scrub(_plain(exc)), 240)}"
 
 
 def _plain(exc: BaseException) -> str:
