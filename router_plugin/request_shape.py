@@ -32,8 +32,23 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
 
 
+def _as_mapping(value: Any) -> Any:
+    """A pydantic object (``litellm.Message``, an OpenAI SDK message passed back in) as the dict it is sent as."""
+    if isinstance(value, Mapping):
+        return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        try:
+            dumped = dump()
+        except Exception:
+            return value
+        return dumped if isinstance(dumped, Mapping) else value
+    return value
+
+
 def _message_problem(i: int, message: Any) -> str | None:
     where = f"messages[{i}]"
+    message = _as_mapping(message)
     if not isinstance(message, Mapping):
         return f"{where} must be an object with 'role' and 'content', got {_kind(message)}"
     role = message.get("role")
@@ -52,12 +67,14 @@ def _message_problem(i: int, message: Any) -> str | None:
         for j, part in enumerate(content):
             if isinstance(part, (str, int)) and not isinstance(part, bool):
                 continue  # a text-completion prompt (strings, token ids) arrives as a user message's content
+            part = _as_mapping(part)
             if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
                 return f"{where}.content[{j}] must be a content part object with a 'type', got {_kind(part)}"
     elif not isinstance(content, str):
         return f"{where}.content must be a string or a list of content parts, got {_kind(content)}"
     tool_calls = message.get("tool_calls")
-    if tool_calls is not None and not (_is_list(tool_calls) and all(isinstance(c, Mapping) for c in tool_calls)):
+    if tool_calls is not None and not (_is_list(tool_calls)
+                                       and all(isinstance(_as_mapping(c), Mapping) for c in tool_calls)):
         return f"{where}.tool_calls must be a list of objects, got {_kind(tool_calls)}"
     return None
 
@@ -83,7 +100,7 @@ def problem(messages: Any, request: Mapping[str, Any], chat: bool = True) -> str
             return f"'{name}' must be a positive integer, got {_kind(value)}"
     for name in OBJECT_LISTS:
         value = request.get(name)
-        if value is not None and not (_is_list(value) and all(isinstance(v, Mapping) for v in value)):
+        if value is not None and not (_is_list(value) and all(isinstance(_as_mapping(v), Mapping) for v in value)):
             return f"'{name}' must be a list of objects, got {_kind(value)}"
     fmt = request.get("response_format")
     if fmt is not None and not isinstance(fmt, (Mapping, type)):

@@ -107,6 +107,35 @@ def test_malformed_request_is_a_400_that_costs_nothing(sim, redis_url, bad):
     assert sum(sim.stats()["requests"]["openrouter"].values()) == sum(sim.stats()["requests"]["groq"].values()) == 0
 
 
+def test_shape_check_accepts_every_valid_chat_shape():
+    from pydantic import BaseModel
+
+    from router_plugin.request_shape import problem
+
+    class Answer(BaseModel):
+        text: str
+
+    valid_messages = [
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}],
+        [{"role": "user", "content": "call it"},
+         {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                                "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "1", "content": "42"}],
+        [{"role": "developer", "content": "x"}, {"role": "user", "content": ""}],
+        [{"role": "user", "content": ["a text-completion prompt", "batch"]}],  # Router.atext_completion's shape
+        [{"role": "user", "content": "hi"}, litellm.Message(role="assistant", content="hello"),  # a reply passed back
+         {"role": "user", "content": "and?"}],
+    ]
+    for messages in valid_messages:
+        assert problem(messages, {}) is None, messages
+    for request in ({"max_tokens": 1, "n": 2, "max_completion_tokens": None}, {"tools": [{"type": "function"}]},
+                    {"response_format": {"type": "json_object"}}, {"response_format": Answer}, {"tools": None}):
+        assert problem(MSG, request) is None, request
+    assert problem(None, {"input": ["embed me"]}, chat=False) is None
+    assert problem(None, {"max_tokens": "x"}, chat=False) is not None
+
+
 @pytest.mark.integration
 def test_three_malformed_requests_then_a_valid_one_served_first_in_one_attempt(sim, redis_url):
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url))
@@ -346,3 +375,32 @@ def test_fuzzed_request_shapes_never_set_aside_and_only_charge_what_was_sent(sim
                    <= reached)
     assert sum(v for k, v in left.items() if k.endswith((":minute", ":rpm"))) <= reached, (request, left)
     assert set_aside(redis_server.url) == []
+
+
+# ------------------------------------------------------------------------------------- through the proxy
+
+
+@pytest.mark.integration
+def test_through_the_proxy_a_bad_request_is_a_400_without_retry_after_and_no_attempt(sim, redis_url):
+    from tests.proxy_harness import ProxyProcess, strong_master_key
+
+    key = strong_master_key()
+    env = {"LITELLM_MASTER_KEY": key, "REDIS_URL": redis_url, "SIM_OPENROUTER_BASE": sim.openrouter_base,
+           "SIM_GROQ_BASE": sim.groq_base}
+    with ProxyProcess("configs/litellm_config.offline.yaml", workers=1, env=env) as proxy:
+        def post(**body):
+            import httpx
+
+            return httpx.post(proxy.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": DEMO_GROUP, "max_tokens": 16, **body}, timeout=60)
+
+        for body in ({"messages": "hi"}, {"messages": MSG, "max_tokens": "lots"},
+                     {"messages": [{"role": "user", "content": "x" * 600_000}]}, {"messages": MSG, "max_tokens": 10**12}):
+            reply = post(**body)
+            assert reply.status_code == 400, reply.text[:300]
+            assert "retry-after" not in reply.headers
+            assert reply.headers["x-router-plugin-attempts"] == "0"
+        reply = post(messages=MSG)
+        assert reply.status_code == 200
+        assert reply.headers["x-router-plugin-deployment"] == OR_A and reply.headers["x-router-plugin-attempts"] == "1"
+    assert minute_used(redis_url) == 1 and set_aside(redis_url) == []
