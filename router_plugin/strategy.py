@@ -423,7 +423,7 @@ class _Request:
     def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError | ChainFailedError:
         if not blocked and any(s.failed for s in self.skipped):  # nothing is out of quota: providers failed
             reasons = [f"{s.plan.model}: {s.why}" for s in self.skipped]
-            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, "; ".join(reasons))
+            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, scrub("; ".join(reasons)))
             self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
             return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: "
                                                 + "; ".join(reasons))
@@ -431,7 +431,7 @@ class _Request:
         waits = [b.wait_s for b in blocked if not b.never]
         retry_after = min(waits) if waits else None
         message = f"no deployment of '{self.model}' can take this request now: " + "; ".join(reasons or ["no candidates"])
-        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, "; ".join(reasons))
+        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, scrub("; ".join(reasons)))
         self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], retry_after)
         return QuotaExhaustedError(self.model, message, retry_after)
 

@@ -276,7 +276,8 @@ class _Unprintable:
 class Hostile:
     """An upstream on 127.0.0.1 that answers every chat request 500 with what it was sent echoed back."""
 
-    def __init__(self):
+    def __init__(self, status: int = 500):
+        self.status = status
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -286,7 +287,9 @@ class Hostile:
         body = {"error": {"message": f"upstream failure; you sent Authorization: {request.headers.get('Authorization')}"
                                      f" (key {request.headers.get('Authorization', '').split(' ')[-1]})",
                           "type": "server_error"}}
-        return web.json_response(body, status=500)
+        if self.status == 400:
+            body["error"]["type"] = "invalid_request_error"
+        return web.json_response(body, status=self.status)
 
     def _run(self):
         asyncio.set_event_loop(self._loop)
@@ -313,10 +316,11 @@ class Hostile:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("status", [500, 400])
 @pytest.mark.parametrize("key", [groq_key("hostile-echo-key"), "plain-secret-without-a-key-shape-42"],
                          ids=["gsk-key", "plain-key"])
-def test_a_key_echoed_by_the_upstream_appears_in_nothing_the_plugin_writes(redis_url, caplog, key):
-    with Hostile() as upstream:
+def test_a_key_echoed_by_the_upstream_appears_in_nothing_the_plugin_writes(redis_url, caplog, key, status):
+    with Hostile(status) as upstream:
         base = f"http://127.0.0.1:{upstream.port}/openai/v1"
         config = {"model_list": [{"model_name": DEMO_GROUP, "litellm_params": {"model": m, "api_key": key,
                                                                                 "api_base": base}}
@@ -326,7 +330,9 @@ def test_a_key_echoed_by_the_upstream_appears_in_nothing_the_plugin_writes(redis
         with caplog.at_level(logging.INFO, logger="router_plugin"):
             with pytest.raises(Exception) as err:
                 asyncio.run(call(router))
-    assert "[redacted]" in caplog.text  # the echo was there, and was scrubbed
+    # the echo was there, and was scrubbed: in the routing log (500: the chain walked on) or the caller's error (400)
+    assert "[redacted]" in (caplog.text if status == 500 else str(err.value))
+    assert isinstance(err.value, litellm.BadRequestError if status == 400 else litellm.ServiceUnavailableError)
     logged = caplog.text + " ".join(str(r.args) for r in caplog.records if r.name == "router_plugin")
     assert key not in logged
     assert key not in str(err.value) and key not in repr(err.value.args)
