@@ -17,7 +17,7 @@ import litellm
 import pytest
 import redis
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import router_plugin
@@ -352,16 +352,20 @@ _JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_
                                   max_size=2))
 _MESSAGE = st.one_of(_JUNK, st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "system", "x"]), _JUNK)},
                                                   optional={"content": st.one_of(st.text(max_size=8), _JUNK)}))
+#: Every OpenAI chat field a caller may send (``stream`` and ``metadata`` aside: they change how the call is made).
 _FIELDS = ["max_tokens", "max_completion_tokens", "n", "tools", "functions", "response_format", "tool_choice",
-           "temperature", "stop", "top_p"]
-_REQUEST = st.fixed_dictionaries(
-    {"messages": st.one_of(_JUNK, st.lists(_MESSAGE, max_size=3))},
-    optional={name: _JUNK for name in _FIELDS},
+           "temperature", "stop", "top_p", "seed", "logprobs", "top_logprobs", "presence_penalty",
+           "frequency_penalty", "logit_bias", "user", "parallel_tool_calls", "stream_options", "reasoning_effort"]
+_REQUEST = st.one_of(
+    st.fixed_dictionaries({"messages": st.one_of(_JUNK, st.lists(_MESSAGE, max_size=3))}),  # junk messages
+    st.builds(lambda name, value: {"messages": MSG, name: value}, st.sampled_from(_FIELDS), _JUNK),  # one junk field
+    st.fixed_dictionaries({"messages": st.lists(_MESSAGE, min_size=1, max_size=2)},
+                          optional={name: _JUNK for name in _FIELDS}),  # anything at once
 )
 
 
 @pytest.mark.integration
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(request=_REQUEST)
 def test_fuzzed_request_shapes_never_set_aside_and_only_charge_what_was_sent(sim_server, redis_server, request):
     """Whatever the request: a 400 or an answer, never a 429/503; no deployment set aside; at most one attempt;
@@ -372,8 +376,12 @@ def test_fuzzed_request_shapes_never_set_aside_and_only_charge_what_was_sent(sim
     try:
         _, info = asyncio.run(call(router, **request))
         assert info["attempts"] == 1
+        event("served")
     except litellm.BadRequestError as exc:
         assert exc.status_code == 400
+        attempts = getattr(exc, "router_state", {}).get("attempts", 0)
+        assert attempts <= 1
+        event(f"400 after {attempts} attempt(s)")
     stats = sim_server.stats()["requests"]
     reached = sum(stats["openrouter"].values()) + sum(stats["groq"].values())
     assert reached <= 1
