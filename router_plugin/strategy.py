@@ -423,7 +423,8 @@ class _Request:
     def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError | ChainFailedError:
         if not blocked and any(s.failed for s in self.skipped):  # nothing is out of quota: providers failed
             reasons = [f"{s.plan.model}: {s.why}" for s in self.skipped]
-            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, scrub("; ".join(reasons)))
+            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model,
+                     scrub("; ".join(reasons)))
             self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
             return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: "
                                                 + "; ".join(reasons))

@@ -117,7 +117,8 @@ def test_shape_check_accepts_every_valid_chat_shape():
 
     valid_messages = [
         [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-        [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}],
+        [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                      {"type": "image_url", "image_url": {"url": "x"}}]}],
         [{"role": "user", "content": "call it"},
          {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
                                                                 "function": {"name": "f", "arguments": "{}"}}]},
@@ -409,7 +410,8 @@ def test_through_the_proxy_a_bad_request_is_a_400_without_retry_after_and_no_att
                               json={"model": DEMO_GROUP, "max_tokens": 16, **body}, timeout=60)
 
         for body in ({"messages": "hi"}, {"messages": MSG, "max_tokens": "lots"},
-                     {"messages": [{"role": "user", "content": "x" * 600_000}]}, {"messages": MSG, "max_tokens": 10**12}):
+                     {"messages": [{"role": "user", "content": "x" * 600_000}]},
+                     {"messages": MSG, "max_tokens": 10**12}):
             reply = post(**body)
             assert reply.status_code == 400, reply.text[:300]
             assert "retry-after" not in reply.headers
