@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
-
 from dataclasses import replace
+from typing import Any
 
 from .config import ENV_PREFIX, USER_LIMIT_FIELDS
 from .limits import DeploymentPlan, LimitOverride, PlanInputs, plan_for
+from .redact import remember
 
 _DEFAULT_KEY_ENV = {"openrouter": ("OPENROUTER_API_KEY", "OR_API_KEY"), "groq": ("GROQ_API_KEY",)}
 
@@ -42,6 +42,7 @@ class PlanBook:
         if plan is None:
             params = dict(deployment.get("litellm_params") or {})
             params["api_key"] = effective_api_key(params)
+            remember([params["api_key"]])  # scrubbed from every text the plugin writes (redact.py)
             resolved = {**deployment, "litellm_params": params}
             plan = plan_for(resolved, self.inputs)
             lowered = user_limits(deployment, plan)

@@ -50,9 +50,11 @@ from .providers.facts import (
     Fact,
     ModelBusy,
     ModelGone,
+    Rejected,
     ServerError,
     Unknown,
 )
+from .redact import scrub
 from .store import QuotaStore, Reservation
 from .strategy import METADATA_KEY
 from .timeouts import FAILED_KEY
@@ -89,7 +91,7 @@ class QuotaCallbacks(CustomLogger):
             if state.get("strikes"):  # the reservation saw recent failures of this model: clear them
                 await close_circuit(self.store, plan)
         except Exception as exc:  # never let bookkeeping break a served request
-            log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
+            log.warning("router_plugin: could not settle %s: %s", plan.model, scrub(exc))
 
     # ---- failure -------------------------------------------------------------------------------------------
 
@@ -106,6 +108,18 @@ class QuotaCallbacks(CustomLogger):
         exc = kwargs.get("exception")
         now = time.time()
         try:
+            if _unsent(state, kwargs):
+                # LiteLLM failed before handing the attempt to the provider (no pre-call mark): it never left, so
+                # it costs nothing (requests refunded too) and says nothing about the deployment.
+                detail = scrub(getattr(exc, "message", None) or exc)
+                state["last_failure"] = "Unsent"
+                self.events.failed(plan, Rejected(None, f"not sent: {detail}"))
+                log.info("router_plugin: %s failed before the request was sent (%s); refunded, nothing set aside",
+                         plan.model, detail)
+                reservation = _reservation(plan, state)
+                if reservation is not None:
+                    await self.store.refund(reservation, requests=True)
+                return
             fact = providers.classify_exception(plan.provider or "", exc, now)
             if kwargs.get("stream") and kwargs.get("completion_start_time") is not None:
                 fact = _in_stream(fact)  # the stream had started: an in-band error chunk, not an HTTP status
@@ -122,7 +136,7 @@ class QuotaCallbacks(CustomLogger):
             if reservation is not None:
                 await self.store.refund(reservation)
         except Exception as err:
-            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, err)
+            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, scrub(err))
 
     async def record_failure(self, state: Mapping[str, Any], fact: Fact, cool: bool = True) -> None:
         """Book an attempt the plugin itself gave up on (timed out, stream broke off); once per attempt.
@@ -145,7 +159,7 @@ class QuotaCallbacks(CustomLogger):
             if reservation is not None:
                 await self.store.refund(reservation)
         except Exception as err:
-            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, err)
+            log.warning("router_plugin: could not record the failure of %s: %s", plan.model, scrub(err))
 
     async def record_completion(self, state: Mapping[str, Any], total_tokens: int) -> None:
         """Book a stream the plugin ended itself after its finish chunk (no end of body: LiteLLM fires nothing)."""
@@ -164,7 +178,7 @@ class QuotaCallbacks(CustomLogger):
             if state.get("strikes"):  # the reservation saw recent failures of this model: clear them
                 await close_circuit(self.store, plan)
         except Exception as exc:
-            log.warning("router_plugin: could not settle %s: %s", plan.model, exc)
+            log.warning("router_plugin: could not settle %s: %s", plan.model, scrub(exc))
 
     async def _record(self, plan: DeploymentPlan, fact: Fact, classified_at: float | None = None) -> None:
         cd = self.settings.cooldowns
@@ -269,6 +283,13 @@ def _metadata_of(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     params = kwargs.get("litellm_params") or {}
     metadata = params.get("metadata") or kwargs.get("metadata") or {}
     return metadata if isinstance(metadata, Mapping) else {}
+
+
+def _unsent(state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> bool:
+    """The attempt failed before LiteLLM handed it to the provider: the strategy marked it ``sent=False`` when it
+    chose it and LiteLLM's pre-call log (``strategy.SentSignal``) never marked it sent; LiteLLM's own record of
+    the hand-off (``api_call_start_time``) agrees."""
+    return "sent" in state and state.get("sent") is not True and not kwargs.get("api_call_start_time")
 
 
 def _first_500(fact: Fact, plan: DeploymentPlan, metadata: Mapping[str, Any], attempt: int) -> bool:

@@ -14,6 +14,7 @@ All the counters of one deployment share one Redis hash slot (``slot``), so one 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -254,17 +255,54 @@ CHARS_PER_TOKEN = 3  # deliberately low: an over-estimate is settled after the c
 PER_MESSAGE_TOKENS = 4
 
 
-def estimate_prompt_tokens(messages: Sequence[Any] | None) -> int:
-    """A fast, conservative prompt size (no tokenizer: the routing decision must stay well under a millisecond)."""
-    if not messages:
-        return 0
+def estimate_prompt_tokens(messages: Sequence[Any] | None, request: Mapping[str, Any] | None = None) -> int:
+    """A fast, conservative prompt size (no tokenizer: the routing decision must stay well under a millisecond).
+
+    With ``request`` (the call's keyword arguments), what the provider also counts as prompt is added: the tool
+    / function definitions and a ``response_format`` schema, as JSON text at ``SCHEMA_CHARS_PER_TOKEN``.
+    """
+    tokens = 0
+    if messages and isinstance(messages, Sequence) and not isinstance(messages, (str, bytes)):
+        chars = 0
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else message
+            chars += _content_chars(content)
+            if isinstance(message, Mapping) and message.get("tool_calls"):
+                chars += len(str(message["tool_calls"]))
+        tokens = math.ceil(chars / CHARS_PER_TOKEN) + PER_MESSAGE_TOKENS * len(messages)
+    elif messages:
+        tokens = math.ceil(_content_chars(messages) / CHARS_PER_TOKEN) + PER_MESSAGE_TOKENS
+    if request:
+        tokens += schema_tokens(request)
+    return tokens
+
+
+SCHEMA_CHARS_PER_TOKEN = 4  # JSON schema text tokenises denser than prose; still an over-estimate in practice
+SCHEMA_FIELDS = ("tools", "functions", "response_format")
+
+
+def schema_tokens(request: Mapping[str, Any]) -> int:
+    """Prompt tokens of the request's tool / function definitions and ``response_format`` (its JSON schema)."""
     chars = 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else message
-        chars += _content_chars(content)
-        if isinstance(message, Mapping) and message.get("tool_calls"):
-            chars += len(str(message["tool_calls"]))
-    return math.ceil(chars / CHARS_PER_TOKEN) + PER_MESSAGE_TOKENS * len(messages)
+    for name in SCHEMA_FIELDS:
+        value = request.get(name)
+        if value is None or value is False:
+            continue
+        chars += _json_chars(value)
+    return math.ceil(chars / SCHEMA_CHARS_PER_TOKEN)
+
+
+def _json_chars(value: Any) -> int:
+    if isinstance(value, type):  # a pydantic model class as response_format: its schema is what is sent
+        schema = getattr(value, "model_json_schema", None)
+        try:
+            value = schema() if callable(schema) else value.__name__
+        except Exception:
+            value = value.__name__
+    try:
+        return len(json.dumps(value, separators=(",", ":"), default=str))
+    except Exception:
+        return len(str(value))
 
 
 def _content_chars(content: Any) -> int:
@@ -278,9 +316,15 @@ def _content_chars(content: Any) -> int:
 
 
 def requested_max_tokens(request: Mapping[str, Any], default: int) -> int:
-    """``max_tokens`` / ``max_completion_tokens`` of the request, else ``default`` (what gets reserved)."""
+    """Completion tokens the request may use: ``max_tokens`` / ``max_completion_tokens`` of the request, else
+    ``default``, times ``n`` (each of the ``n`` choices may be that long; the provider counts them all)."""
+    tokens = default
     for name in ("max_tokens", "max_completion_tokens"):
         value = request.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            tokens = value
+            break
+    n = request.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        tokens *= n
+    return tokens

@@ -29,7 +29,8 @@ from typing import Any
 from . import providers
 from .errors import RouterPluginError
 from .providers.facts import Rejected
-from .strategy import ChainFailedError, QuotaExhaustedError
+from .redact import scrub
+from .strategy import ChainFailedError, QuotaExhaustedError, RequestRejectedError
 from .timeouts import BudgetExceededError
 
 _MARK = "_router_plugin_retry_policy"
@@ -42,10 +43,12 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
 
     def should_retry_this_error(self, error: Exception, healthy_deployments=None, all_deployments=None,
                                 context_window_fallbacks=None, content_policy_fallbacks=None, regular_fallbacks=None):
-        if isinstance(error, (QuotaExhaustedError, ChainFailedError, BudgetExceededError, RouterPluginError)):
-            raise error  # the plugin's own refusal, a spent budget or a store/config failure: retrying cannot help
+        if isinstance(error, (QuotaExhaustedError, ChainFailedError, BudgetExceededError, RouterPluginError,
+                              RequestRejectedError)):
+            raise error  # the plugin's own refusal, a bad request, a spent budget or a store/config failure
         fact = providers.classify_exception(_provider_of(error), error, time.time())
         if isinstance(fact, Rejected):
+            _scrub_exception(error)  # the provider's reason reaches the caller, minus any key it echoed
             raise error
         if len(all_deployments or []) > 1:
             return True
@@ -63,6 +66,21 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
     router._time_to_sleep_before_retry = types.MethodType(time_to_sleep_before_retry, router)
     router.num_retries = max(router.num_retries or 0, 2 * chain_length)
     setattr(router, _MARK, True)
+
+
+def _scrub_exception(error: Exception) -> None:
+    """Remove key-shaped text and the configured keys (redact.py) from what the caller will read of ``error``."""
+    try:
+        message = getattr(error, "message", None)
+        if isinstance(message, str):
+            error.message = scrub(message)
+        error.args = tuple(scrub(a) if isinstance(a, str) else a for a in error.args)
+        body = getattr(error, "body", None)
+        if isinstance(body, (dict, str)):
+            error.body = scrub(body) if isinstance(body, str) else {k: scrub(v) if isinstance(v, str) else v
+                                                                    for k, v in body.items()}
+    except Exception:  # an exception that refuses new attributes keeps its text
+        pass
 
 
 def _provider_of(error: Exception) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import litellm
+from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import CustomRoutingStrategyBase
 
 from ._format import human_duration
@@ -39,6 +40,8 @@ from ._plans import PlanBook
 from .config import Settings
 from .events import Events
 from .limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
+from .redact import remember, scrub
+from .request_shape import problem as shape_problem
 from .store import Blocked, QuotaStore, Reservation, SyncQuotaStore
 from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
 
@@ -55,7 +58,7 @@ class QuotaExhaustedError(litellm.RateLimitError):
     def __init__(self, model: str, message: str, retry_after_s: float | None):
         headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
         super().__init__(
-            message=f"router_plugin: {message}", llm_provider="router_plugin", model=model, num_retries=0,
+            message=f"router_plugin: {scrub(message)}", llm_provider="router_plugin", model=model, num_retries=0,
             headers=headers, category=litellm.exceptions.RateLimitErrorCategory.LITELLM_RATE_LIMIT,
         )
         self.retry_after_s = retry_after_s
@@ -65,11 +68,57 @@ class ChainFailedError(litellm.ServiceUnavailableError):
     """Every deployment of the chain failed for this request (none is merely out of quota)."""
 
     def __init__(self, model: str, message: str, retry_after_s: float | None = None):
-        super().__init__(message=f"router_plugin: {message}", llm_provider="router_plugin", model=model,
+        super().__init__(message=f"router_plugin: {scrub(message)}", llm_provider="router_plugin", model=model,
                          num_retries=0)
         self.retry_after_s = retry_after_s
         if retry_after_s is not None:  # the proxy sends exc.headers: when the first cooldown ends
             self.headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))}
+
+
+class RequestRejectedError(litellm.BadRequestError):
+    """The request itself is wrong (malformed, or larger than anything in the chain could ever take): HTTP 400.
+
+    Raised before anything is reserved or sent, so it costs nothing; retrying it unchanged cannot help.
+    """
+
+    def __init__(self, model: str, message: str):
+        super().__init__(message=f"router_plugin: {scrub(message)}", model=model, llm_provider="router_plugin")
+
+
+#: Request metadata key: deployments whose attempt in this request failed before it was sent (LiteLLM rejected
+#: the request locally), [{deployment_id, model, type, text}]. Written by the strategy from the attempt's state.
+UNSENT_KEY = "router_plugin_unsent"
+#: LiteLLM's exception types for an error raised inside LiteLLM before the HTTP call, about the request itself
+#: (a Python error while building the request is mapped to APIConnectionError).
+_CALLER_ERROR_TYPES = frozenset({"APIConnectionError", "BadRequestError", "UnsupportedParamsError",
+                                 "UnprocessableEntityError", "JSONSchemaValidationError"})
+
+
+class SentSignal(CustomLogger):
+    """Marks the running attempt as handed to the provider (LiteLLM's pre-call log, just before the HTTP call).
+
+    An attempt that fails without this mark never left the process: the callbacks refund it in full and set
+    nothing aside, and the strategy treats it as the request's fault (see ``_Request.of``).
+    """
+
+    def log_pre_api_call(self, model, messages, kwargs):
+        try:
+            params = kwargs.get("litellm_params") or {}
+            metadata = params.get("metadata") or kwargs.get("metadata") or {}
+            state = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
+            if isinstance(state, dict) and "sent" in state:
+                state["sent"] = True
+        except Exception:  # never disturb LiteLLM's logging
+            pass
+
+
+SENT_SIGNAL = SentSignal()
+
+
+def _register_sent_signal() -> None:
+    # LiteLLM calls log_pre_api_call for the objects in litellm.input_callback.
+    if not any(cb is SENT_SIGNAL for cb in litellm.input_callback):
+        litellm.input_callback.append(SENT_SIGNAL)
 
 
 @dataclass(frozen=True)
@@ -77,6 +126,7 @@ class Skip:
     plan: DeploymentPlan
     why: str
     failed: bool = False  # set aside because it failed in this request (not for quota or size)
+    never: bool = False  # the request can never fit this deployment (context window)
 
 
 @dataclass
@@ -91,6 +141,7 @@ class _Failures:
     out: dict[str, str]  # deployment id -> why it is not tried again
     rate_limited: dict[str, str]  # deployment id -> its 429, may be waited out
     context_floor: int = 0  # a deployment needs a larger context window than this
+    too_long: frozenset = frozenset()  # deployments that answered "context length exceeded" in this request
 
     @classmethod
     def of(cls, metadata: Mapping, plans: PlanBook) -> "_Failures":
@@ -100,6 +151,7 @@ class _Failures:
         out: dict[str, str] = {}
         rate_limited: dict[str, str] = {}
         floor = 0
+        too_long = set()
         for deployment_id, entries in per_id.items():
             last = entries[-1]
             text = _short(last["text"] or last["type"])
@@ -113,11 +165,17 @@ class _Failures:
                 said = _CONTEXT_NUMBER.search(last["text"])
                 window = int(said.group(1)) if said else (plan.context_window if plan else 0) or 0
                 floor = max(floor, window)
+                too_long.add(deployment_id)
             out[deployment_id] = f"failed earlier in this request ({text})"
         for entry in metadata.get(EXCLUDE_KEY) or ():
             if isinstance(entry, Mapping) and entry.get("deployment_id"):
-                out[str(entry["deployment_id"])] = f"failed earlier in this request ({entry.get('why', 'stream')})"
-        return cls(out, rate_limited, floor)
+                out[str(entry["deployment_id"])] = \
+                    f"failed earlier in this request ({_short(str(entry.get('why', 'stream')))})"
+        for entry in metadata.get(UNSENT_KEY) or ():
+            if isinstance(entry, Mapping) and entry.get("deployment_id"):
+                rate_limited.pop(str(entry["deployment_id"]), None)
+                out[str(entry["deployment_id"])] = f"rejected before it was sent ({_short(str(entry.get('text')))})"
+        return cls(out, rate_limited, floor, frozenset(too_long))
 
 
 def _failed_attempts(metadata: Mapping) -> list[dict]:
@@ -147,6 +205,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
         self.sync_store = sync_store
         self.plans = plans
         self.owner = owner  # marks this router's reservations so other routers' callbacks leave them alone
+        _register_sent_signal()
+        try:  # the configured keys are scrubbed from every text the plugin writes (redact.py)
+            from ._plans import effective_api_key
+            remember(effective_api_key(d.get("litellm_params") or {}) for d in (router.model_list or ()))
+        except Exception:  # pragma: no cover - a model list LiteLLM itself would refuse
+            pass
 
     # ---- LiteLLM entry points -------------------------------------------------------------------------------
 
@@ -176,6 +240,7 @@ class QuotaRouting(CustomRoutingStrategyBase):
                 outcome = await self.store.peek(plan)
                 if isinstance(outcome, Blocked):
                     blocked.append(outcome)
+            request.check_fits(blocked)
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
@@ -212,6 +277,7 @@ class QuotaRouting(CustomRoutingStrategyBase):
                 outcome = self.sync_store.peek(plan)
                 if isinstance(outcome, Blocked):
                     blocked.append(outcome)
+            request.check_fits(blocked)
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
@@ -228,7 +294,7 @@ class _Request:
         self.kwargs = request_kwargs
         self.metadata = _metadata(request_kwargs)
         self.state = self.metadata.setdefault(METADATA_KEY, {})
-        self.prompt_tokens = estimate_prompt_tokens(messages)
+        self.prompt_tokens = estimate_prompt_tokens(messages, request_kwargs)
         self.max_tokens = requested_max_tokens(request_kwargs, strategy.settings.default_max_tokens)
         self.tokens = self.prompt_tokens + self.max_tokens
         self.skipped: list[Skip] = []
@@ -246,6 +312,11 @@ class _Request:
                 message=f"router_plugin: no model group named {model!r}; configured groups: {known}",
                 model=model, llm_provider="router_plugin",
             )
+        found = shape_problem(messages, request_kwargs, chat=messages is not None)
+        if found:  # before anything is reserved: a malformed request costs nothing
+            log.info("router_plugin reject group=%s bad request: %s", model, scrub(found))
+            raise RequestRejectedError(model, f"bad request: {found}")
+        _unsent_attempt(strategy, model, _metadata(request_kwargs))
         if messages is None and isinstance(input, list):
             messages = [{"content": str(x)} for x in input]
         return cls(strategy, model, deployments, messages, request_kwargs)
@@ -263,11 +334,12 @@ class _Request:
                                                f"({failures.rate_limited[plan.deployment_id]})", failed=True))
             elif plan.context_window and self.tokens > plan.context_window:
                 self.skipped.append(
-                    Skip(plan, f"request needs ~{self.tokens} tokens, context window is {plan.context_window}")
+                    Skip(plan, f"request needs ~{self.tokens} tokens, context window is {plan.context_window}",
+                         never=True)
                 )
             elif floor and plan.context_window and plan.context_window <= floor:
                 self.skipped.append(Skip(plan, f"context window {plan.context_window} is no larger than the "
-                                               f"{floor} that already rejected this prompt as too long"))
+                                               f"{floor} that already rejected this prompt as too long", never=True))
             else:
                 yield deployment, plan
 
@@ -298,6 +370,7 @@ class _Request:
             attempts=attempts,
             remaining={s.counter.limit.name: s.remaining for s in reservation.states} if reservation else {},
             strikes=reservation.strikes if reservation else strikes,
+            sent=False,  # set by SentSignal when LiteLLM hands the attempt to the provider
         )
         skipped = [(s.plan.model, s.why) for s in self.skipped]
         log.info(
@@ -306,6 +379,33 @@ class _Request:
         )
         self.strategy.events.routed(self.model, plan, attempts, skipped, reservation)
         return deployment
+
+    def check_fits(self, blocked: list[Blocked]) -> None:
+        """Refuse with a 400 when no deployment of the chain could ever take this request (it is larger than every
+        context window, or than a whole limit): retrying it unchanged cannot help, so no 429 and no Retry-After."""
+        if not self.skipped and not blocked:
+            return
+        never_ids = {s.plan.deployment_id for s in self.skipped if s.never}
+        never_ids |= {b.plan.deployment_id for b in blocked if b.never}
+        never_ids |= {s.plan.deployment_id for s in self.skipped if s.plan.deployment_id in self.failures.too_long}
+        if len(never_ids) < len({self.strategy.plans.plan(d).deployment_id for d in self.deployments}):
+            return
+        windows = [s.plan.context_window for s in self.skipped if s.never and s.plan.context_window]
+        need = f"~{self.tokens:,} tokens (prompt ~{self.prompt_tokens:,} + completion {self.max_tokens:,})"
+        limits = [f"{b.counter.label} is {b.counter.limit.capacity:,}" for b in blocked if b.never and b.counter]
+        parts = []
+        if windows:
+            parts.append(f"the largest context window in '{self.model}' is {max(windows):,}")
+        if limits:
+            parts.append("; ".join(dict.fromkeys(limits)))
+        rejected = [s.plan.model for s in self.skipped if s.plan.deployment_id in self.failures.too_long]
+        if rejected:
+            parts.append(f"{', '.join(rejected)} answered that the prompt exceeds its context window")
+        message = (f"request needs {need}; " + "; ".join(parts or ["no deployment can take it"])
+                   + " (send a shorter prompt or a smaller max_tokens)")
+        log.info("router_plugin reject group=%s never fits: %s", self.model, message)
+        self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
+        raise RequestRejectedError(self.model, message)
 
     def wait_before_retry(self, blocked: list[Blocked], deadline: float) -> float | None:
         """Seconds to sleep before walking the chain again, or None to refuse now."""
@@ -335,7 +435,8 @@ class _Request:
     def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError | ChainFailedError:
         if not blocked and any(s.failed for s in self.skipped):  # nothing is out of quota: providers failed
             reasons = [f"{s.plan.model}: {s.why}" for s in self.skipped]
-            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, "; ".join(reasons))
+            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model,
+                     scrub("; ".join(reasons)))
             self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
             return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: "
                                                 + "; ".join(reasons))
@@ -351,7 +452,7 @@ class _Request:
             return ChainFailedError(self.model, f"every deployment of '{self.model}' is cooling down after "
                                                 f"failures: " + "; ".join(reasons), retry_after)
         message = f"no deployment of '{self.model}' can take this request now: " + "; ".join(reasons or ["no candidates"])
-        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, "; ".join(reasons))
+        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, scrub("; ".join(reasons)))
         self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], retry_after)
         return QuotaExhaustedError(self.model, message, retry_after)
 
@@ -379,8 +480,9 @@ _EXC_PREFIX = re.compile(r"^(?:litellm\.\w+: )?(?:\w+Error: |Timeout: )?")
 
 
 def _short(text: str, n: int = 200) -> str:
-    """One line of an exception string, without LiteLLM's repeated class-name prefixes and group suffix."""
-    text = _EXC_PREFIX.sub("", text.split("\nLiteLLM: model group", 1)[0].strip())
+    """One line of an exception string, without LiteLLM's repeated class-name prefixes and group suffix, and
+    without any key an upstream echoed (redact.py)."""
+    text = _EXC_PREFIX.sub("", scrub(text).split("\nLiteLLM: model group", 1)[0].strip())
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -406,3 +508,28 @@ def _when(b: Blocked) -> str:
     return f"{at} (in {human_duration(b.wait_s)})"
 
 
+
+
+def _unsent_attempt(strategy: QuotaRouting, model: str, metadata: dict) -> None:
+    """The previous attempt of this request failed before LiteLLM sent it (no pre-call mark): note it
+    (``UNSENT_KEY``: it is not tried again, and nothing was spent); when LiteLLM rejected the request itself
+    (a Python error while building it, an unsupported parameter) raise a 400 now instead of trying the next
+    deployment, which would reject it the same way."""
+    state = metadata.get(METADATA_KEY)
+    if not isinstance(state, dict) or state.get("owner") != strategy.owner or state.get("sent") is not False:
+        return
+    deployment_id = str(state.get("deployment_id"))
+    failures = [e for e in _failed_attempts(metadata) if e["deployment_id"] == deployment_id]
+    if not failures:
+        return  # no failure of that attempt on record (e.g. the same metadata reused for a new call)
+    last = failures[-1]
+    text = _short(last["text"] or last["type"])
+    entries = [e for e in metadata.get(UNSENT_KEY) or () if isinstance(e, Mapping)]
+    if not any(e.get("deployment_id") == deployment_id and e.get("attempt") == state.get("attempts")
+               for e in entries):
+        metadata[UNSENT_KEY] = [*entries, {"deployment_id": deployment_id, "model": str(state.get("model")),
+                                           "attempt": state.get("attempts"), "type": last["type"], "text": text}]
+    if last["type"] in _CALLER_ERROR_TYPES:
+        log.info("router_plugin reject group=%s %s rejected the request before sending it: %s", model,
+                 state.get("model"), text)
+        raise RequestRejectedError(model, f"bad request: rejected before it was sent ({text})")

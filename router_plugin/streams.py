@@ -54,6 +54,7 @@ from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 from . import prefill
 from .prefill import CONTINUE_INSTRUCTION
 from .providers.facts import Fact, ServerError
+from .redact import scrub
 from .strategy import EXCLUDE_KEY, METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from .timeouts import DEADLINE_KEY, FAILED_KEY, BudgetExceededError, install_attempt_limits, request_metadata
 
@@ -149,7 +150,7 @@ class StreamInterruptedError(litellm.ServiceUnavailableError):
     failure first; ``original_exception`` is that failure when it was an exception."""
 
     def __init__(self, model: str, message: str, original_exception: BaseException | None = None):
-        super().__init__(message=f"router_plugin: {message}", llm_provider="router_plugin", model=model,
+        super().__init__(message=f"router_plugin: {scrub(message)}", llm_provider="router_plugin", model=model,
                          num_retries=0)
         self.original_exception = original_exception
 
@@ -583,7 +584,7 @@ def _rejects_request(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_short(_plain(exc), 240)}"
+    return f"{type(exc).__name__}: {_short(scrub(_plain(exc)), 240)}"
 
 
 def _plain(exc: BaseException) -> str:

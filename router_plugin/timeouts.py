@@ -43,6 +43,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from .config import Timeouts
 from .providers.facts import Fact, ServerError
+from .redact import scrub
 
 log = logging.getLogger("router_plugin")
 
@@ -62,7 +63,7 @@ class BudgetExceededError(litellm.Timeout):
     """The call's overall budget (``timeouts.total_s``) ran out before a complete answer arrived."""
 
     def __init__(self, model: str, message: str):
-        super().__init__(message=f"router_plugin: {message}", model=model, llm_provider="router_plugin",
+        super().__init__(message=f"router_plugin: {scrub(message)}", model=model, llm_provider="router_plugin",
                          num_retries=0)
 
 
@@ -281,7 +282,7 @@ def _note_failure(metadata: dict, state_key: str, attempts_before: int, exc: Bas
     status = getattr(exc, "status_code", None)
     entry = {"deployment_id": str(state.get("deployment_id")), "model": str(state.get("model")),
              "attempt": int(state.get("attempts", 0)), "status": status if isinstance(status, int) else None,
-             "type": type(exc).__name__, "text": _short(str(getattr(exc, "message", None) or exc), 300)}
+             "type": type(exc).__name__, "text": _short(scrub(getattr(exc, "message", None) or exc), 300)}
     metadata[FAILED_KEY] = [*(metadata.get(FAILED_KEY) or ()), entry]
 
 

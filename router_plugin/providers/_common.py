@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from ..redact import scrub as redact
 from .facts import Fact, ModelBusy, ModelGone, Rejected, ServerError, Unknown
 
 #: Only this much of a body is read (LiteLLM messages carry the provider JSON near their start).
@@ -138,7 +139,7 @@ def scrub(text: Any, limit: int = MAX_DETAIL) -> str:
     """
     try:
         s = text if isinstance(text, str) else as_str(text) if isinstance(text, (bytes, bytearray)) else str(text)
-        s = _SECRETS.sub("[redacted]", s[:4096])
+        s = redact(s[:4096])  # key shapes and the configured keys (router_plugin.redact)
         s = _SPACES.sub(" ", _CONTROL.sub(" ", s)).strip()
     except Exception:
         return "(unprintable)"
