@@ -161,6 +161,13 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
     redis_url = resolve_env(section.get("redis_url"), where, k + "redis_url", required=False)
     if redis_url is not None and not isinstance(redis_url, str):
         raise ConfigError(where, k + "redis_url", "must be a string like redis://host:6379/0")
+    from .store.connect import embedded_path_problem, redis_url_problem  # a bad URL or path fails at load
+
+    embedded = section.get("embedded_path")
+    problem = redis_url_problem(redis_url) if redis_url else (
+        embedded_path_problem(embedded) if embedded is None or isinstance(embedded, str) else None)
+    if problem:
+        raise ConfigError(where, k + ("redis_url" if redis_url else "embedded_path"), problem)
     openrouter = section.get("openrouter") or {}
     if not isinstance(openrouter, Mapping):
         raise ConfigError(where, k + "openrouter", "must be a mapping like {tier: free}")
