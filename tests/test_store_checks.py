@@ -340,3 +340,23 @@ def test_four_proxy_workers_on_the_embedded_default_serve_capacity_without_provi
     finally:
         proxy.stop()
     assert _wait(lambda: embedded_pids(path) is None, 30), "the embedded server outlived the proxy"
+
+
+@pytest.mark.integration
+def test_the_least_privilege_acl_user_of_security_md_passes_the_checks_at_open(tmp_path, caplog):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        admin = server.client()
+        base = ["resetkeys", "~rp:*", "-@all", "+evalsha", "+eval", "+script|load", "+ping", "+time", "+hmget",
+                "+hset", "+pttl", "+pexpireat"]
+        admin.execute_command("ACL", "SETUSER", "rp-worker", "on", ">pw-1", *base, "+info", "+set")  # SECURITY.md
+        admin.execute_command("ACL", "SETUSER", "rp-old", "on", ">pw-2", *base, "+set")  # no +info
+        store, sync = open_stores(resolve_target(f"redis://rp-worker:pw-1@127.0.0.1:{server.port}/0", None, 2.0))
+        assert sync.guard.empty_at_open and sync.reserve(GROQ, 1).tokens == 1
+        with caplog.at_level(logging.WARNING, "router_plugin"):
+            _, old = open_stores(resolve_target(f"redis://rp-old:pw-2@127.0.0.1:{server.port}/0", None, 2.0))
+        assert any("does not allow INFO" in r.getMessage() for r in caplog.records)
+        assert old.reserve(GROQ, 1).tokens == 1
+    finally:
+        server.stop()

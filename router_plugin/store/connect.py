@@ -473,7 +473,9 @@ def judge_server(target: StoreTarget, server_info: dict, memory_info: dict) -> N
 
 
 def _denied(exc: BaseException) -> bool:
-    return isinstance(exc, redis.ResponseError) and ("NOPERM" in str(exc) or "unknown command" in str(exc).lower())
+    text = str(exc).lower()
+    return isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and ("noperm" in text or "no permissions" in text or "unknown command" in text))
 
 
 def check_server(target: StoreTarget, client: Any) -> None:
