@@ -162,8 +162,8 @@ class StoreGuard:
 
     def found_empty(self, reason: str) -> None:
         self.empty_events.append(reason)
-        # a new store at open is routine (INFO); one that lost its data while in use is not (WARNING)
-        log.log(logging.INFO if reason == "open" else logging.WARNING,
+        # a new store at open is routine (DEBUG); one that lost its data while in use is not (WARNING)
+        log.log(logging.DEBUG if reason == "open" else logging.WARNING,
                 "router_plugin: quota store %s has no marker (%s): it is new or came back empty; the shared "
                 "counters start from zero", self.target.describe(), reason)
         for callback in list(self._empty_callbacks):
