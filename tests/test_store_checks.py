@@ -360,3 +360,28 @@ def test_the_least_privilege_acl_user_of_security_md_passes_the_checks_at_open(t
         assert old.reserve(GROQ, 1).tokens == 1
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+def test_a_crashed_embedded_server_is_started_again_by_the_next_probe_with_its_data(tmp_path):
+    path = tmp_path / "quota.rdb"
+    store, sync = open_stores(resolve_target(None, path, 1.0))
+    try:
+        sync.guard.probe_interval_s = 0.2
+        first = sync.reserve(GROQ, 1).remaining("rpd").remaining
+        time.sleep(1.5)  # appendfsync everysec
+        server_pid = embedded_pids(path)[1]
+        os.kill(server_pid, signal.SIGKILL)
+        assert _wait(lambda: not os.path.exists(f"/proc/{server_pid}") or
+                     "Z" in Path(f"/proc/{server_pid}/stat").read_text().split(") ", 1)[1][:1], 10)
+        sync.reserve(GROQ, 1)  # fails: this worker's share (fail_open)
+        assert not sync.guard.reachable
+        time.sleep(0.3)
+        after = sync.reserve(GROQ, 1)  # the probe: the server is started again on the same AOF
+        assert sync.guard.reachable and sync.guard.outages == 1
+        assert embedded_pids(path)[1] != server_pid
+        assert after.remaining("rpd").remaining <= first - 1  # the day from before the crash was kept (AOF)
+        assert sync.peek(GROQ, counters_only=True).remaining("rpd").remaining == first - 2  # + the replayed one
+        assert "reconnect" not in sync.guard.empty_events  # the marker survived: not an empty store
+    finally:
+        _stop_embedded(path)

@@ -390,11 +390,15 @@ def _start_embedded(files: EmbeddedFiles) -> None:
     from .binary import missing_server_message, redis_server_binary
 
     pids = embedded_pids(files.path)
-    if pids is not None:  # a keeper runs but its server does not answer yet (starting, loading a large AOF)
+    if pids is not None and _alive(pids[1]):  # its server runs but does not answer yet (starting, loading the AOF)
         if _wait_answering(files.socket, 30):
             return
         raise StoreError(f"the embedded Valkey at {files.path} (pid {pids[1]}) does not answer on {files.socket}; "
                          f"see {files.log}")
+    if pids is not None:  # the server died (crash, OOM kill): its keeper notices within a second and exits
+        deadline = time.monotonic() + 5
+        while _alive(pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     binary = redis_server_binary()
     if binary is None:
         raise StoreError(f"no server for the embedded store: {missing_server_message()}; or set "

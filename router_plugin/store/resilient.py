@@ -51,7 +51,7 @@ from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
 from . import MARKER_CHECK_S, STORE_FAILURES, QuotaStore, SyncQuotaStore, _codec, _marker_value, marker_key
 from ._codec import Blocked, Reservation
-from .connect import StoreTarget, acheck_server, check_server
+from .connect import StoreTarget, acheck_server, check_server, ensure_embedded
 from .local import LocalQuotaStore
 
 log = logging.getLogger("router_plugin.store")
@@ -233,8 +233,15 @@ class StoreGuard:
             now = time.monotonic()
             if now >= self._next_probe:
                 self._next_probe = now + self.probe_interval_s
-                return True
-            return False
+                probe = True
+            else:
+                return False
+        if self.target.embedded_path is not None:  # the embedded server died: the probe starts it again
+            try:
+                ensure_embedded(self.target.embedded_path)
+            except StoreError as exc:
+                log.debug("router_plugin: could not restart the embedded store: %s", exc)
+        return probe
 
     def failed(self, error: StoreError) -> None:
         with self._lock:
