@@ -410,11 +410,15 @@ def _start_embedded(files: EmbeddedFiles) -> None:
             pass
     Path(files.conf).write_text(_server_conf(files))
     os.chmod(files.conf, 0o600)
-    idle = os.environ.get("ROUTER_PLUGIN_EMBEDDED_IDLE_S", str(EMBEDDED_IDLE_S))
+    try:
+        idle = str(max(0.0, float(os.environ.get("ROUTER_PLUGIN_EMBEDDED_IDLE_S", EMBEDDED_IDLE_S))))
+    except ValueError:
+        log.warning("router_plugin: ROUTER_PLUGIN_EMBEDDED_IDLE_S is not a number of seconds; using %s", EMBEDDED_IDLE_S)
+        idle = str(EMBEDDED_IDLE_S)
     keeper = Path(__file__).with_name("_keeper.py")
     subprocess.run([sys.executable, "-I", str(keeper), binary, files.conf, files.lock, files.users, files.pidfile,
                     idle], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   close_fds=True, check=False, timeout=30)
+                   close_fds=True, check=False, timeout=30, cwd=str(files.path.parent))
     if not _wait_answering(files.socket, 30):
         tail = ""
         try:
