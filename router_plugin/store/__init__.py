@@ -3,7 +3,16 @@
 ``QuotaStore`` (asyncio, the request path) and ``SyncQuotaStore`` (CLI, sync callers) are thin: the keys, the
 script arguments and the replies live in ``_codec``; the atomic logic lives in the ``.lua`` files beside it.
 ``open_stores`` gives both wrapped for Redis faults (``resilient.py``: fail_open to a per-process share held by
-``local.py``, an in-process twin of the scripts, or fail_closed).
+``local.py``, an in-process twin of the scripts, or fail_closed), after checking the server (``connect.py``:
+Redis/Valkey >= 7, ``maxmemory-policy noeviction``) and its marker.
+
+**The store marker** ``<key_prefix>store:marker`` (no TTL) tells a store that is running from one that came back
+empty (a new server, a restart without persistence, a flush). ``ensure_marker()`` (sync store) / ``await
+ensure_marker()`` (async store) sets it and returns True when it was missing: ``SET NX``, so of several processes
+exactly one sees True per empty event. The stores ``open_stores`` returns also take ``on_empty(callback)``: the
+callback is called with a reason (``"open"``, ``"reconnect"`` after an outage, ``"check"``: a periodic check, every
+``MARKER_CHECK_S``, found it gone, e.g. Redis restarted between two requests) in the process that found the
+store empty; registered after an empty open, it is called at once with ``"open"``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from ._ops import SyncOperations
 from .connect import StoreTarget, resolve_target
 
 __all__ = [
+    "MARKER_CHECK_S",
     "Blocked",
     "CounterState",
     "QuotaStore",
@@ -36,6 +46,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("router_plugin.store")
+
+MARKER_CHECK_S = 30.0  # how often a healthy resilient store checks that its marker is still there
+
+
+def marker_key(prefix: str) -> str:
+    return f"{prefix}store:marker"
+
+
+def _marker_value() -> str:
+    import time
+
+    return "router_plugin store since " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
 
 # What a store call can fail with when Redis is down, slow or half-configured (a cluster that lost a node).
 STORE_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
@@ -156,6 +179,22 @@ class QuotaStore(_Base):
             raise self._error("record a block", exc) from exc
         return int(reply[0]), int(reply[1])
 
+    async def ensure_marker(self) -> bool:
+        """Set the store marker; True if it was missing (the store is empty: new, restarted without data, flushed)."""
+        try:
+            return bool(await self.client.set(marker_key(self.keys.prefix), _marker_value(), nx=True))
+        except STORE_FAILURES as exc:
+            raise self._error("check the store marker", exc) from exc
+
+    async def check_server(self) -> None:
+        """Refuse a server that must not hold the store (Redis < 7, an eviction policy): StoreError."""
+        from .connect import acheck_server
+
+        try:
+            await acheck_server(self.target, self.client)
+        except STORE_FAILURES as exc:
+            raise self._error("check the server", exc) from exc
+
     async def aclose(self) -> None:
         scripts = self._per_loop.pop(asyncio.get_running_loop(), None)
         if scripts is not None:
@@ -217,6 +256,22 @@ class SyncQuotaStore(SyncOperations, _Base):
             raise self._error("record a block", exc) from exc
         return int(reply[0]), int(reply[1])
 
+    def ensure_marker(self) -> bool:
+        """Set the store marker; True if it was missing (the store is empty: new, restarted without data, flushed)."""
+        try:
+            return bool(self.client.set(marker_key(self.keys.prefix), _marker_value(), nx=True))
+        except STORE_FAILURES as exc:
+            raise self._error("check the store marker", exc) from exc
+
+    def check_server(self) -> None:
+        """Refuse a server that must not hold the store (Redis < 7, an eviction policy): StoreError."""
+        from .connect import check_server
+
+        try:
+            check_server(self.target, self.client)
+        except STORE_FAILURES as exc:
+            raise self._error("check the server", exc) from exc
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -224,8 +279,14 @@ class SyncQuotaStore(SyncOperations, _Base):
 
 def open_stores(target: StoreTarget, prefix: str = "rp:", *, arrival_margin_s: float = 2.0,
                 on_store_error: str = "fail_open", expected_workers: int = 4):
-    """The async and sync stores of one router, sharing one fault policy (see ``resilient.py``)."""
+    """The async and sync stores of one router, sharing one fault policy (see ``resilient.py``).
+
+    The server is checked now (``check_server``: StoreError for Redis < 7 or an eviction policy; the embedded server
+    is started) and the marker set; if Redis cannot be reached now, both happen at the first reconnect.
+    """
     from .resilient import open_resilient
 
-    return open_resilient(target, prefix, arrival_margin_s=arrival_margin_s, on_store_error=on_store_error,
-                          expected_workers=expected_workers)
+    store, sync_store = open_resilient(target, prefix, arrival_margin_s=arrival_margin_s,
+                                       on_store_error=on_store_error, expected_workers=expected_workers)
+    sync_store.guard.open_check(sync_store)
+    return store, sync_store

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -48,9 +49,9 @@ import redis
 from ..errors import StoreError
 from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
-from . import STORE_FAILURES, QuotaStore, SyncQuotaStore, _codec
+from . import MARKER_CHECK_S, STORE_FAILURES, QuotaStore, SyncQuotaStore, _codec, _marker_value, marker_key
 from ._codec import Blocked, Reservation
-from .connect import StoreTarget
+from .connect import StoreTarget, acheck_server, check_server, ensure_embedded
 from .local import LocalQuotaStore
 
 log = logging.getLogger("router_plugin.store")
@@ -127,6 +128,78 @@ class StoreGuard:
         self.outages = 0
         self.local_grants = 0
         self.local_refusals = 0
+        # the server check and the store marker (see store/__init__.py)
+        self._empty_callbacks: list[Callable[[str], Any]] = []
+        self.empty_at_open = False
+        self._check_reason: str | None = None  # a check owed: "open" (Redis was down at open), "reconnect"
+        self._marker_next = time.monotonic() + MARKER_CHECK_S
+        self.empty_events: list[str] = []  # reasons, in order: what this process found (tests, status)
+
+    # ---- server check and marker ---------------------------------------------------------------------------
+
+    def open_check(self, sync_store: Any) -> None:
+        """At open: check the server (StoreError if it must not be used) and set the marker. If Redis cannot be
+        reached now, both are owed to the first call that reaches it."""
+        try:
+            check_server(self.target, sync_store.client)
+            was_empty = _raw_ensure_marker(sync_store)
+        except STORE_FAILURES as exc:
+            log.warning("router_plugin: quota store %s cannot be reached at open (%s: %s); its server check and "
+                        "marker wait for the first call that reaches it", self.target.describe(),
+                        type(exc).__name__, str(exc)[:200])
+            self._check_reason = "open"
+            return
+        if was_empty:
+            self.empty_at_open = True
+            self.found_empty("open")
+
+    def on_empty(self, callback: Callable[[str], Any]) -> None:
+        """``callback(reason)`` whenever this process finds the store without its marker (see store/__init__.py);
+        at once with ``"open"`` if it was found so at open."""
+        self._empty_callbacks.append(callback)
+        if self.empty_at_open:
+            self._call(callback, "open")
+
+    def found_empty(self, reason: str) -> None:
+        self.empty_events.append(reason)
+        # a new store at open is routine (DEBUG); one that lost its data while in use is not (WARNING)
+        log.log(logging.DEBUG if reason == "open" else logging.WARNING,
+                "router_plugin: quota store %s has no marker (%s): it is new or came back empty; the shared "
+                "counters start from zero", self.target.describe(), reason)
+        for callback in list(self._empty_callbacks):
+            self._call(callback, reason)
+
+    @staticmethod
+    def _call(callback: Callable[[str], Any], reason: str) -> None:
+        try:
+            result = callback(reason)
+            if inspect.isawaitable(result):
+                try:
+                    asyncio.get_running_loop().create_task(result)
+                except RuntimeError:
+                    asyncio.run(result)
+        except Exception:  # noqa: BLE001 - a hook must never break the store
+            log.exception("router_plugin: an on_empty callback failed")
+
+    def due_check(self) -> str | None:
+        """A successful call just reached Redis: the check it owes now ("open", "reconnect", "check"), or None."""
+        with self._lock:
+            now = time.monotonic()
+            reason = self._check_reason
+            if reason is None and now < self._marker_next:
+                return None
+            self._check_reason = None
+            self._marker_next = now + MARKER_CHECK_S
+            return reason or "check"
+
+    def check_failed(self, reason: str, exc: BaseException) -> None:
+        if isinstance(exc, StoreError) and not isinstance(exc.__cause__, STORE_FAILURES):  # the server was judged
+            log.error("router_plugin: %s", exc)
+            return
+        log.debug("router_plugin: store check (%s) failed, retried later: %s", reason, exc)
+        if reason != "check":
+            with self._lock:
+                self._check_reason = self._check_reason or reason
 
     # ---- clock ---------------------------------------------------------------------------------------------
 
@@ -160,8 +233,15 @@ class StoreGuard:
             now = time.monotonic()
             if now >= self._next_probe:
                 self._next_probe = now + self.probe_interval_s
-                return True
-            return False
+                probe = True
+            else:
+                return False
+        if self.target.embedded_path is not None:  # the embedded server died: the probe starts it again
+            try:
+                ensure_embedded(self.target.embedded_path)
+            except StoreError as exc:
+                log.debug("router_plugin: could not restart the embedded store: %s", exc)
+        return probe
 
     def failed(self, error: StoreError) -> None:
         with self._lock:
@@ -197,6 +277,7 @@ class StoreGuard:
             replay = self._pending
             self._pending = Replay()
             replay.merge(self._snapshot())
+            self._check_reason = self._check_reason or "reconnect"
         log.warning(
             "router_plugin: quota store %s answers again after %.1f s; back to the shared counters "
             "(replaying %d local counter group(s) and %d block(s))",
@@ -460,6 +541,10 @@ def _as_store_error(target: StoreTarget, action: str, exc: BaseException) -> Sto
 _ASYNC_FAILURES = (StoreError, asyncio.TimeoutError, *STORE_FAILURES)
 
 
+def _raw_ensure_marker(sync_store: Any) -> bool:  # the unguarded marker call of a sync store
+    return bool(sync_store.client.set(marker_key(sync_store.keys.prefix), _marker_value(), nx=True))
+
+
 class ResilientQuotaStore(QuotaStore):
     """``QuotaStore`` with the fault policy: same methods, same results while Redis is healthy."""
 
@@ -486,8 +571,31 @@ class ResilientQuotaStore(QuotaStore):
                 replay = guard.answered(result)
                 if replay:
                     self._start_replay(replay)
+                reason = guard.due_check()
+                if reason:
+                    self._start_check(reason)
                 return result
         return fallback()
+
+    def _start_check(self, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._check(reason))
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
+
+    async def _check(self, reason: str) -> None:
+        """The server check (after an outage or an unreachable open) and the marker, off the request path."""
+        try:
+            async with asyncio.timeout(self.target.timeout_s * 3):
+                if reason != "check":
+                    await acheck_server(self.target, self.client)
+                if await self.client.set(marker_key(self.keys.prefix), _marker_value(), nx=True):
+                    self.guard.found_empty(reason)
+        except (StoreError, asyncio.TimeoutError, *STORE_FAILURES) as exc:
+            self.guard.check_failed(reason, exc)
+
+    def on_empty(self, callback: Callable[[str], Any]) -> None:
+        """See ``StoreGuard.on_empty`` (shared with the sync store of the same router)."""
+        self.guard.on_empty(callback)
 
     async def _call_through_lag(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()``; a timeout while this event loop itself ran late (by half the timeout or more) is the loop's,
@@ -639,8 +747,21 @@ class ResilientSyncQuotaStore(SyncQuotaStore):
                             SyncQuotaStore._mark(self, key, args)
                     except (StoreError, *STORE_FAILURES) as exc:
                         guard.replay_failed(replay, _as_store_error(self.target, "replay local counters", exc))
+                reason = guard.due_check()
+                if reason:
+                    try:
+                        if reason != "check":
+                            check_server(self.target, self.client)
+                        if SyncQuotaStore.ensure_marker(self):
+                            guard.found_empty(reason)
+                    except (StoreError, *STORE_FAILURES) as exc:
+                        guard.check_failed(reason, exc)
                 return result
         return fallback()
+
+    def on_empty(self, callback: Callable[[str], Any]) -> None:
+        """See ``StoreGuard.on_empty`` (shared with the async store of the same router)."""
+        self.guard.on_empty(callback)
 
     def reserve(
         self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
