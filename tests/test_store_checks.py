@@ -303,15 +303,21 @@ def test_the_embedded_server_is_shared_by_the_hosts_processes_persisted_and_stop
 @pytest.mark.integration
 def test_four_proxy_workers_on_the_embedded_default_serve_capacity_without_provider_429s(tmp_path, sim, monkeypatch):
     from router_plugin.demo import wait_for_fresh_minute
-    from tests.proxy_harness import ProxyProcess, strong_master_key
+    from tests.proxy_harness import REPO, ProxyProcess, strong_master_key
     from tests.test_proxy_e2e import ask, provider_429s
 
     home = tmp_path / "home"
     key = strong_master_key()
     env = {"LITELLM_MASTER_KEY": key, "SIM_OPENROUTER_BASE": sim.openrouter_base, "SIM_GROQ_BASE": sim.groq_base,
            "ROUTER_PLUGIN_HOME": str(home), "ROUTER_PLUGIN_EMBEDDED_IDLE_S": "2", "ROUTER_PLUGIN_WORKER_HEADER": "1"}
-    monkeypatch.delenv("REDIS_URL", raising=False)  # the config's redis_url is unset: the embedded default
-    proxy = ProxyProcess("configs/litellm_config.offline.yaml", workers=4, env=env, log_dir=tmp_path).start()
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    # The shipped offline config without its redis_url line: no Redis named anywhere, so the embedded default.
+    # (An `os.environ/REDIS_URL` left unset is a config error, not a silent per-host store.)
+    shipped = (REPO / "configs" / "litellm_config.offline.yaml").read_text()
+    assert "  redis_url: os.environ/REDIS_URL\n" in shipped
+    config = tmp_path / "embedded.yaml"
+    config.write_text(shipped.replace("  redis_url: os.environ/REDIS_URL\n", ""))
+    proxy = ProxyProcess(config, workers=4, env=env, log_dir=tmp_path).start()
     path = home / "quota.rdb"
     try:
         pids = embedded_pids(path)
