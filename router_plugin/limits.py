@@ -156,6 +156,11 @@ class PlanInputs:
     openrouter_tier: str = "free"
     allow_paid: bool = False
     limits: Mapping[str, LimitOverride] = field(default_factory=dict)
+    # Learnt / derived (see openrouter_accounts() and calibration.py): key fingerprint -> account id, account id ->
+    # requests/day the key endpoint reported, LiteLLM model string -> context window the live roster lists.
+    openrouter_accounts: Mapping[str, str] = field(default_factory=dict)
+    openrouter_rpd: Mapping[str, int] = field(default_factory=dict)
+    live_context: Mapping[str, int] = field(default_factory=dict)
 
 
 def key_fingerprint(api_key: str | None) -> str:
@@ -191,12 +196,14 @@ def plan_for(deployment: Mapping[str, Any], inputs: PlanInputs) -> DeploymentPla
     provider = provider_of(model)
     bare = _bare(model)
     override = inputs.limits.get(model) or inputs.limits.get(bare) or LimitOverride()
-    context = override.context or CONTEXT_WINDOWS.get(bare)
+    context = override.context or inputs.live_context.get(model) or CONTEXT_WINDOWS.get(bare)
 
     if provider == "openrouter" and is_openrouter_free(model):
         pool = inputs.limits.get("openrouter") or LimitOverride()
+        account = inputs.openrouter_accounts.get(fp, fp)  # the pool is the ACCOUNT, not the key (providers.md §1.1)
         rpm = pool.rpm or OPENROUTER_FREE_RPM
-        rpd = pool.rpd or OPENROUTER_FREE_RPD[inputs.openrouter_tier]
+        rpd = pool.rpd or inputs.openrouter_rpd.get(account) or OPENROUTER_FREE_RPD[inputs.openrouter_tier]
+        fp = account
         who = f"account {fp[:8]}"
         counters = [
             Counter("minute", Limit("minute", rpm, MINUTE_S, "fixed", "requests"), f"OpenRouter free requests/min ({who})"),
@@ -246,6 +253,47 @@ def _override_counters(prefix: str, override: LimitOverride, label: str) -> list
         for name in LIMIT_FIELDS
         if (value := getattr(override, name))
     ]
+
+
+def openrouter_accounts(keys: Sequence[tuple[str, str | None]], creators: Mapping[str, str] | None = None
+                        ) -> dict[str, str]:
+    """Which OpenRouter account pool each key fingerprint draws on: ``{fingerprint: account id}``.
+
+    ``keys``: (key fingerprint, account name the config gives it or None) of every OpenRouter deployment;
+    ``creators``: fingerprint -> ``creator_user_id`` that ``GET /api/v1/key`` reported. OpenRouter's limits are per
+    account ("Making additional accounts or API keys will not affect your rate limits", providers.md §1.1), so:
+    keys the config names (``model_info.openrouter_account``) are grouped by that name; the other keys are ONE
+    account unless the key endpoint reported different creators, then one account per creator (keys it did not
+    report join the largest). An id is a hash of the member fingerprints (one key alone: its own fingerprint, the
+    pre-grouping id), the same in every process of the config; never a key.
+    """
+    creators = creators or {}
+    named: dict[str, set[str]] = {}
+    unnamed: set[str] = set()
+    for fp, name in keys:
+        if name:
+            named.setdefault(name, set()).add(fp)
+        else:
+            unnamed.add(fp)
+    groups: list[tuple[str, set[str]]] = [("name:" + n, fps) for n, fps in sorted(named.items())]
+    by_creator: dict[str, set[str]] = {}
+    for fp in unnamed:
+        if fp in creators:
+            by_creator.setdefault(creators[fp], set()).add(fp)
+    unknown = unnamed - {fp for fps in by_creator.values() for fp in fps}
+    if len(by_creator) <= 1:
+        if unnamed:
+            groups.append(("", unnamed))
+    else:
+        parts = sorted(by_creator.values(), key=lambda fps: (-len(fps), sorted(fps)))
+        parts[0] |= unknown
+        groups += [("", fps) for fps in parts]
+    out: dict[str, str] = {}
+    for label, fps in groups:
+        ident = next(iter(fps)) if len(fps) == 1 and not label else key_fingerprint(label + "|" + ",".join(sorted(fps)))
+        for fp in fps:
+            out.setdefault(fp, ident)
+    return out
 
 
 # ---- request size ---------------------------------------------------------------------------------------
