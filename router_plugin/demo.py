@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEMO_GROUP = "free-chat"
-# Current ids (providers.md: llama-3.3-70b-versatile and llama-3.1-8b-instant are retired on Groq).
+# Models served now (providers.md §1.8, §2.1 updates 2026-12: deepseek/deepseek-r1:free left OpenRouter on
+# 2026-03-22; qwen/qwen3-coder:free is back since 2026-05-15; llama-3.3-70b-versatile and llama-3.1-8b-instant are
+# shut down on Groq).
 DEMO_CHAIN = (
-    "openrouter/deepseek/deepseek-r1:free",
     "openrouter/meta-llama/llama-3.3-70b-instruct:free",
+    "openrouter/qwen/qwen3-coder:free",
     "groq/openai/gpt-oss-120b",
     "groq/openai/gpt-oss-20b",
 )

@@ -59,7 +59,8 @@ OPENROUTER_MODELS: dict[str, OpenRouterModel] = {m.id: m for m in (
         supported_parameters=_DEFAULT_PARAMS + _REASONING_PARAMS, created=1_737_381_095),
     _or("deepseek/deepseek-r1-0528:free", "DeepSeek: R1 0528 (free)", 163_840, "Chutes", tokenizer="DeepSeek",
         supported_parameters=_DEFAULT_PARAMS + _REASONING_PARAMS, created=1_748_455_170),
-    _or("meta-llama/llama-3.3-70b-instruct:free", "Meta: Llama 3.3 70B Instruct (free)", 131_072, "Venice",
+    # listed at 65,536 since 2026 (providers.md §1.8 update 2026-12; was 131,072)
+    _or("meta-llama/llama-3.3-70b-instruct:free", "Meta: Llama 3.3 70B Instruct (free)", 65_536, "Venice",
         tokenizer="Llama3", supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS, created=1_733_506_137),
     _or("qwen/qwen3-coder:free", "Qwen: Qwen3 Coder 480B A35B (free)", 262_144, "Chutes", tokenizer="Qwen3",
         supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS, created=1_753_230_546),
