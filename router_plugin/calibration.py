@@ -380,3 +380,19 @@ async def recalibrate_now(router: Any) -> CalibrationRun | None:
     """For the store's ``on_empty`` hook (issue 14): refresh from the free endpoints before admitting again."""
     calibrator = calibrator_of(router)
     return await calibrator.recalibrate_now() if calibrator is not None else None
+
+
+def learnt_inputs(settings: Any) -> dict:
+    """What the fleet's last calibration result says, as :meth:`PlanBook.learn` arguments (CLI: ``status`` and
+    ``reset`` see the pools the workers use). Empty when there is none or the store does not answer."""
+    try:
+        from .report import open_store
+
+        raw = open_store(settings).client.get(f"{settings.key_prefix}calibration:result")
+        doc = json.loads(raw) if raw else {}
+    except Exception:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {"openrouter_creators": doc.get("creators") or {}, "openrouter_rpd_by_key": doc.get("rpd") or {},
+            "live_context": doc.get("contexts") or {}}
