@@ -175,7 +175,8 @@ async def _fire(router, index, count, group, max_tokens, stream) -> list[Outcome
     outcomes = list(await asyncio.gather(*(one(n) for n in range(count))))
     # LiteLLM runs success callbacks (the plugin's settle) as background tasks after the caller has its answer:
     # let them finish before this process exits, or the real token usage never reaches the shared counters.
-    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+               and not t.get_name().startswith("router_plugin-")}  # not the periodic calibration
     if pending:
         await asyncio.wait(pending, timeout=10)
     return outcomes
