@@ -251,6 +251,10 @@ class Calibrator(Observer):
         inst = _installed(router)
         if inst is None:
             return CalibrationRun(False, "router gone")
+        # Admissions from now wait (bounded, as at start) for this refresh's result instead of admitting blind.
+        self._ready = False
+        self._first = weakref.WeakKeyDictionary()
+        _WAITED.clear()
         store = self._quota_store(inst.settings)
         await store.client.set(self.lock_key(inst.settings.key_prefix), uuid.uuid4().hex,
                                px=max(1, int(self.lease_s * 1000)))

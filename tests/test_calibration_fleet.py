@@ -129,3 +129,27 @@ def test_unreachable_endpoints_do_not_break_or_spam(redis_url, caplog):
     failures = [r for r in caplog.records if "calibration:" in r.getMessage()]
     assert len(failures) == 1 and "changed nothing" in failures[0].getMessage()
     assert all(d.get("model_info") for d in router.model_list)
+
+
+def test_recalibrate_now_puts_the_days_count_back_after_the_store_came_back_empty(sim, redis_url, redis_server):
+    # For the store's on_empty hook (issue 14): Redis restarted without persistence mid-day.
+    from router_plugin.calibration import recalibrate_now
+    from router_plugin.report import open_store, take_snapshot
+
+    sim.configure({"openrouter": {"accounts": {"sim-openrouter-key": {"used_today": 30}}}})
+    router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url))
+    inst = installed(router)
+
+    def day_used() -> int:
+        snap = take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in router.model_list])
+        return next(lim for lim in snap.pools[0].limits if lim.counter == "day").used
+
+    async def ask():
+        await router.acompletion(model=DEMO_GROUP, messages=MSG, max_tokens=8)
+
+    asyncio.run(ask())
+    assert day_used() == 31
+    redis_server.client().flushall()  # the store comes back empty
+    assert day_used() == 0
+    run = asyncio.run(recalibrate_now(router))
+    assert run.ran and day_used() == 31
