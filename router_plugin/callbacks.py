@@ -336,8 +336,12 @@ def keep_reply_headers() -> None:
         try:
             response = kwargs.get("response", args[1] if len(args) > 1 else None)
             headers = getattr(response, "headers", None)
-            if headers and any(str(k).lower().startswith("x-ratelimit-") for k in headers.keys()):
-                set_provider_response_headers_in_hidden_params(result, headers)
+            # Only the requests headers (the organisation's requests/day): the tokens ones were computed when the
+            # request was admitted, with its whole max_tokens reserved; the tokens are settled from ``usage``.
+            kept = {k: v for k, v in (headers or {}).items()
+                    if str(k).lower().startswith("x-ratelimit-") and str(k).lower().endswith("-requests")}
+            if kept:
+                set_provider_response_headers_in_hidden_params(result, kept)
         except Exception as exc:  # never break a served reply for bookkeeping
             log.debug("router_plugin: could not keep reply headers: %s", exc)
         return result
