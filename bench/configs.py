@@ -19,8 +19,8 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP
 GROUP = DEMO_GROUP
 CHAIN = DEMO_CHAIN
 IDS = {
-    "openrouter/deepseek/deepseek-r1:free": "or-deepseek-r1",
     "openrouter/meta-llama/llama-3.3-70b-instruct:free": "or-llama-3.3-70b",
+    "openrouter/qwen/qwen3-coder:free": "or-qwen3-coder",
     "groq/openai/gpt-oss-120b": "groq-gpt-oss-120b",
     "groq/openai/gpt-oss-20b": "groq-gpt-oss-20b",
 }

@@ -1,7 +1,7 @@
 """Part 3 -- routing overhead per request, and the quota store's reservations per second.
 
 Routing overhead. One worker process; the simulator answers at once (no added latency) with every limit out of
-reach. For each provider the group has ONE deployment (OpenRouter ``deepseek/deepseek-r1:free``, or Groq
+reach. For each provider the group has ONE deployment (OpenRouter ``meta-llama/llama-3.3-70b-instruct:free``, or Groq
 ``openai/gpt-oss-120b``), so every router sends every request to the same place and LiteLLM's own per-provider
 work is identical; only the routing differs:
 
@@ -53,7 +53,7 @@ SIM_LIMITS = {
 PLUGIN_LIMITS = {"openrouter": {"rpm": HUGE, "rpd": HUGE}}
 PLUGIN_LIMITS.update({m: {"rpm": HUGE, "rpd": 10_000_000, "tpm": 600_000, "tpd": HUGE}
                       for m in configs.CHAIN if configs.provider(m) == "groq"})
-PROVIDERS = {"openrouter": "openrouter/deepseek/deepseek-r1:free", "groq": "groq/openai/gpt-oss-120b"}
+PROVIDERS = {"openrouter": "openrouter/meta-llama/llama-3.3-70b-instruct:free", "groq": "groq/openai/gpt-oss-120b"}
 SETUPS = ("upstream_only", "stock_shuffle", "stock", "plugin")
 LABELS = {"upstream_only": "upstream call alone (no router)", "stock_shuffle": "stock simple-shuffle (no Redis)",
           "stock": "stock usage-based-routing-v2 + Redis", "plugin": "router_plugin"}

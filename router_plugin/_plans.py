@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from .config import ENV_PREFIX, USER_LIMIT_FIELDS
-from .limits import DeploymentPlan, LimitOverride, PlanInputs, plan_for
+from .limits import DeploymentPlan, LimitOverride, PlanInputs, key_fingerprint, openrouter_accounts, plan_for
 from .redact import remember
 
 _DEFAULT_KEY_ENV = {"openrouter": ("OPENROUTER_API_KEY", "OR_API_KEY"), "groq": ("GROQ_API_KEY",)}
@@ -51,6 +52,33 @@ class PlanBook:
             if deployment_id:
                 self._by_id[deployment_id] = plan
         return plan
+
+    def learn(self, model_list: list, **inputs: Any) -> bool:
+        """Re-derive every plan with changed :class:`PlanInputs` (account grouping, learnt tier, live context
+        windows: calibration.py); ``openrouter_creators`` (fingerprint -> creator_user_id) regroups the accounts.
+        Returns whether anything changed."""
+        creators = inputs.pop("openrouter_creators", None)
+        rpd_by_key = inputs.pop("openrouter_rpd_by_key", None) or {}
+        keys = []
+        for d in model_list:
+            params = d.get("litellm_params") or {}
+            if str(params.get("model", "")).startswith("openrouter/"):
+                name = (d.get("model_info") or {}).get("openrouter_account")
+                keys.append((key_fingerprint(effective_api_key(params)), str(name) if name else None))
+        accounts = inputs["openrouter_accounts"] = openrouter_accounts(keys, creators)
+        rpd: dict[str, int] = {}
+        for fp, value in rpd_by_key.items():
+            if fp in accounts:
+                rpd[accounts[fp]] = max(rpd.get(accounts[fp], 0), int(value))
+        inputs["openrouter_rpd"] = rpd
+        new = replace(self.inputs, **inputs)
+        if new == self.inputs and self._by_id:
+            return False
+        self.inputs = new
+        self._by_id = {}
+        for d in model_list:
+            self.plan(d)
+        return True
 
     def by_id(self, deployment_id: str) -> DeploymentPlan | None:
         return self._by_id.get(deployment_id)

@@ -66,6 +66,7 @@ class QuotaCallbacks(CustomLogger):
     def __init__(self, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
                  events: Events | None = None):
         super().__init__()
+        keep_reply_headers()  # Groq's plain replies carry x-ratelimit-* too: calibrate from every reply
         self.events = events if events is not None else Events()
         self.settings = settings
         self.store = store
@@ -346,3 +347,44 @@ def _success_headers(kwargs: Mapping[str, Any], response_obj: Any) -> dict | Non
         return None
     # "llm_provider-x-ratelimit-..." keys carry the raw provider headers.
     return {k[len("llm_provider-"):]: v for k, v in extra.items() if str(k).startswith("llm_provider-")} or None
+
+
+# ---- adapter: the provider's headers on plain OpenAI-like (Groq) replies ------------------------------------------
+
+def keep_reply_headers() -> None:
+    """Keep the HTTP headers of plain (non-streamed) OpenAI-like replies, as LiteLLM already does for streams.
+
+    LiteLLM 1.108 builds Groq's non-streamed ``ModelResponse`` in ``OpenAILikeChatConfig._transform_response`` and
+    drops the ``httpx.Response`` headers there (litellm-1.108-notes §3), so ``x-ratelimit-*`` — Groq's count of the
+    organisation's requests/day and tokens/min, other clients included — never reached the success callback. This
+    wraps that one static method (once per process): the result gets the headers the same way LiteLLM stores them
+    for other providers (``hidden_params["additional_headers"]["llm_provider-..."]``), which
+    :func:`_success_headers` reads. The response is otherwise untouched; any failure leaves LiteLLM's result as is.
+    """
+    try:
+        from litellm.litellm_core_utils.core_helpers import set_provider_response_headers_in_hidden_params
+        from litellm.llms.openai_like.chat.transformation import OpenAILikeChatConfig
+    except ImportError:  # another LiteLLM layout: streams still calibrate, plain replies do not
+        return
+    current = OpenAILikeChatConfig.__dict__.get("_transform_response")
+    original = getattr(current, "__func__", current)
+    if original is None or getattr(original, "_router_plugin_headers", False):
+        return
+
+    def _transform_response(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        try:
+            response = kwargs.get("response", args[1] if len(args) > 1 else None)
+            headers = getattr(response, "headers", None)
+            # Only the requests headers (the organisation's requests/day): the tokens ones were computed when the
+            # request was admitted, with its whole max_tokens reserved; the tokens are settled from ``usage``.
+            kept = {k: v for k, v in (headers or {}).items()
+                    if str(k).lower().startswith("x-ratelimit-") and str(k).lower().endswith("-requests")}
+            if kept:
+                set_provider_response_headers_in_hidden_params(result, kept)
+        except Exception as exc:  # never break a served reply for bookkeeping
+            log.debug("router_plugin: could not keep reply headers: %s", exc)
+        return result
+
+    _transform_response._router_plugin_headers = True  # type: ignore[attr-defined]
+    OpenAILikeChatConfig._transform_response = staticmethod(_transform_response)  # type: ignore[method-assign]

@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--timeout", type=float, default=15.0, help="HTTP timeout in seconds (default 15)")
     key.set_defaults(func=cmd_key)
 
+    reset = commands.add_parser(
+        "reset", formatter_class=fmt, help="clear a pool's block, a model's cooldown or quarantine, for every worker",
+        description=_wrap("Clear what the workers share in Redis: a model's cooldown or quarantine (--model), a "
+                    "pool's blocks (--pool: 'openrouter' or a model; with --counts also its counts), or everything "
+                    "of the config (--all). Names each thing it cleared. Use it when a block is wrong (a model is "
+                    "back, an account was topped up); the next provider answer sets a right one again."))
+    config_arg(reset, "required")
+    reset.add_argument("--model", action="append", default=[], metavar="MODEL",
+                       help="a deployment's model (e.g. openrouter/qwen/qwen3-coder:free) or a model group; repeatable")
+    reset.add_argument("--pool", action="append", default=[], metavar="POOL",
+                       help="'openrouter' (every OpenRouter account pool) or a Groq model; repeatable")
+    reset.add_argument("--counts", action="store_true", help="with --pool/--all: also forget the pool's counts")
+    reset.add_argument("--all", action="store_true", help="every cooldown, quarantine and block of the config")
+    reset.set_defaults(func=cmd_reset)
+
     demo = commands.add_parser(
         "demo", formatter_class=fmt, help="run a burst through the chain against the offline simulator",
         description=_wrap("Start the provider simulator and the embedded Redis, send a burst of requests from several "
@@ -181,7 +196,10 @@ def _load(path: str | None, required: bool = True):
 def _plans(cfg) -> list:
     from ._plans import PlanBook
 
+    from .calibration import learnt_inputs
+
     book = PlanBook(cfg.settings.plan_inputs)
+    book.learn(cfg.model_list, **learnt_inputs(cfg.settings))  # the account pools as the workers group them
     return [book.plan(d) for d in cfg.model_list]
 
 
@@ -254,6 +272,69 @@ def _store_message(store, exc: BaseException) -> str:
         return text
     return (f"quota store {store.target.describe()} could not be read: {type(exc).__name__}: {text}. "
             "Check that Redis is running and that router_plugin.redis_url is the one the workers use.")
+
+
+# ---- reset ----------------------------------------------------------------------------------------------------
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from .report import open_store
+
+    if not (args.model or args.pool or args.all):
+        raise CliError("reset: say what to clear: --model MODEL, --pool POOL (openrouter or a Groq model) or --all")
+    cfg = _load(args.config)
+    store = open_store(cfg.settings)
+    plans = _plans(cfg)
+    names = {p.model for p in plans} | {p.model_name for p in plans} | {p.model.split("/", 1)[-1] for p in plans}
+    for wanted in args.model + [p for p in args.pool if p != "openrouter"]:
+        if wanted not in names:
+            raise CliError(f"reset: {wanted!r} is not a model or group of {cfg.source}; "
+                           f"configured: {', '.join(sorted({p.model for p in plans}))}")
+
+    def picked(plan, values) -> bool:
+        return args.all or any(v in (plan.model, plan.model_name, plan.model.split("/", 1)[-1]) or
+                               (v == "openrouter" and plan.provider == "openrouter") for v in values)
+
+    cleared: list[str] = []
+    try:
+        client, seen = store.client, set()
+        for plan in plans:
+            if not plan.metered:
+                continue
+            if picked(plan, args.model) or (args.all and not args.pool):
+                key = store.keys.model(plan)
+                why = client.hget(key, "why")
+                if _active(client.hget(key, "until")) and key not in seen:
+                    client.delete(key)
+                    cleared.append(f"{plan.model}: cleared {_text(why) or 'cooldown'}")
+                seen.add(key)
+            if picked(plan, args.pool) or args.all:
+                for counter in plan.counters:
+                    key = store.keys.counter(plan, counter)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    if args.counts:
+                        if client.delete(key):
+                            cleared.append(f"{counter.label}: cleared its counts and block")
+                    elif _active(client.hget(key, "until")):
+                        why = client.hget(key, "why")
+                        client.hdel(key, "until", "why")
+                        cleared.append(f"{counter.label}: cleared block ({_text(why) or 'blocked'})")
+    except _store_errors() as exc:
+        raise CliError(_store_message(store, exc)) from None
+    print("\n".join(cleared) if cleared else "nothing to clear: no cooldown, quarantine or block matched")
+    return 0
+
+
+def _active(until: Any) -> bool:
+    try:
+        return until is not None and float(until) > time.time() * 1000
+    except ValueError:
+        return False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 # ---- check ----------------------------------------------------------------------------------------------------

@@ -51,9 +51,10 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Opt-in background refresh of the OpenRouter tier (/api/v1/key) and rosters (/models); 0 = off."""
+    """Refresh from the providers' free endpoints (/api/v1/key, /models) before the first admission and every
+    ``interval_s`` (calibration.py); 0 = off."""
 
-    interval_s: float = 0.0
+    interval_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEMO_GROUP = "free-chat"
-# Current ids (providers.md: llama-3.3-70b-versatile and llama-3.1-8b-instant are retired on Groq).
+# Models served now (providers.md §1.8, §2.1 updates 2026-12: deepseek/deepseek-r1:free left OpenRouter on
+# 2026-03-22; qwen/qwen3-coder:free is back since 2026-05-15; llama-3.3-70b-versatile and llama-3.1-8b-instant are
+# shut down on Groq).
 DEMO_CHAIN = (
-    "openrouter/deepseek/deepseek-r1:free",
     "openrouter/meta-llama/llama-3.3-70b-instruct:free",
+    "openrouter/qwen/qwen3-coder:free",
     "groq/openai/gpt-oss-120b",
     "groq/openai/gpt-oss-20b",
 )
@@ -173,7 +175,8 @@ async def _fire(router, index, count, group, max_tokens, stream) -> list[Outcome
     outcomes = list(await asyncio.gather(*(one(n) for n in range(count))))
     # LiteLLM runs success callbacks (the plugin's settle) as background tasks after the caller has its answer:
     # let them finish before this process exits, or the real token usage never reaches the shared counters.
-    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+               and not t.get_name().startswith("router_plugin-")}  # not the periodic calibration
     if pending:
         await asyncio.wait(pending, timeout=10)
     return outcomes

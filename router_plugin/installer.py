@@ -82,8 +82,9 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     callbacks = QuotaCallbacks(settings, store, plans, owner, events=events)
     installed = Installed(settings, events, strategy, callbacks, store, sync_store, plans)
     router.__dict__[_ATTR] = installed
-    for deployment in router.model_list:  # derive every plan now: bad limits fail at start, not mid-request
-        plans.plan(deployment)
+    # Derive every plan now (bad limits fail at start, not mid-request); the OpenRouter keys of one config are
+    # ONE account until the key endpoint says otherwise (calibration.py).
+    plans.learn(router.model_list)
     _ensure_strategy(router, installed)
     install_retry_policy(router, chain_length=_longest_chain(router))
     install_stream_guard(router, installed)  # time limits, budget, mid-stream failover (streams.py, timeouts.py)
@@ -115,7 +116,9 @@ def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:
     if inst.settings.calibration.interval_s > 0:
         from .calibration import Calibrator
 
-        inst.events.add(Calibrator(router, inst.settings.calibration.interval_s))
+        calibrator = Calibrator(router, inst.settings.calibration.interval_s)
+        inst.events.add(calibrator)
+        inst.strategy.ready = calibrator.ensure_ready  # before the first admission: one fleet-wide refresh
     if inst.settings.metrics.enabled:
         from . import metrics
 

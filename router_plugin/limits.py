@@ -74,62 +74,99 @@ class DeploymentPlan:
         return tuple(c for c in self.counters if c.limit.unit == "tokens")
 
 
-# Groq free plan, per model per organisation (providers.md §2.1, console.groq.com/docs/rate-limits).
-# (rpm, rpd, tpm, tpd); tpd None = no published daily token limit.
+# Groq free plan, per model per organisation (providers.md §2.1, console.groq.com/docs/rate-limits, Aug 2026).
+# (rpm, rpd, tpm, tpd); tpd None = no published daily token limit. Models Groq shut down are in GROQ_RETIRED.
 GROQ_FREE_LIMITS: dict[str, tuple[int, int, int, int | None]] = {
-    "llama-3.1-8b-instant": (30, 14_400, 6_000, 500_000),
     "openai/gpt-oss-120b": (30, 1_000, 8_000, 200_000),
     "openai/gpt-oss-20b": (30, 1_000, 8_000, 200_000),
     "openai/gpt-oss-safeguard-20b": (30, 1_000, 8_000, 200_000),
-    "qwen/qwen3-32b": (60, 1_000, 6_000, 500_000),
     "qwen/qwen3.6-27b": (30, 1_000, 8_000, 200_000),
+    "groq/compound": (30, 250, 70_000, None),
+    "groq/compound-mini": (30, 250, 70_000, None),
+    "allam-2-7b": (30, 7_000, 6_000, 500_000),
+    # Shut down (GROQ_RETIRED) but kept: a config that still names one gets the right counters until its 404.
+    "llama-3.1-8b-instant": (30, 14_400, 6_000, 500_000),
+    "qwen/qwen3-32b": (60, 1_000, 6_000, 500_000),
     "meta-llama/llama-4-scout-17b-16e-instruct": (30, 1_000, 30_000, 500_000),
     "meta-llama/llama-4-maverick-17b-128e-instruct": (30, 1_000, 6_000, 500_000),
     "moonshotai/kimi-k2-instruct": (60, 1_000, 10_000, 300_000),
     "moonshotai/kimi-k2-instruct-0905": (60, 1_000, 10_000, 300_000),
-    "groq/compound": (30, 250, 70_000, None),
-    "groq/compound-mini": (30, 250, 70_000, None),
-    "allam-2-7b": (30, 7_000, 6_000, 500_000),
 }
 # Used for a groq/ model that is not in the table: the most common free-plan row.
 GROQ_DEFAULT_LIMITS: tuple[int, int, int, int | None] = (30, 1_000, 6_000, 200_000)
 
-# Retired models (providers.md §2.1 "Deprecation"): config check warns, the router quarantines on 404.
+# Retired models: `router-plugin check` warns, calibration quarantines them when the live roster agrees, a 404
+# quarantines them anyway. Sources (providers.md §2.1 update 2026-12): console.groq.com/docs/deprecations as cited
+# in langchain-ai/langchain#38363, promptfoo/promptfoo#9933, gsd-build/gsd-2#4273; older: codedaily04/commit-craft#1.
 GROQ_RETIRED: dict[str, str] = {
     "llama-3.3-70b-versatile": "shut down 2026-08-16; use openai/gpt-oss-120b",
+    "llama-3.1-8b-instant": "shut down 2026-08-16; use openai/gpt-oss-20b",
+    "qwen/qwen3-32b": "shut down 2026-07-17; use qwen/qwen3.6-27b",
+    "meta-llama/llama-4-scout-17b-16e-instruct": "shut down 2026-07-17; use openai/gpt-oss-120b",
+    "meta-llama/llama-4-maverick-17b-128e-instruct": "shut down 2026-03-09; use openai/gpt-oss-120b",
+    "moonshotai/kimi-k2-instruct": "shut down 2025-10-10; use openai/gpt-oss-120b",
+    "moonshotai/kimi-k2-instruct-0905": "shut down 2026-04-15; use openai/gpt-oss-120b",
     "deepseek-r1-distill-llama-70b": "retired; use openai/gpt-oss-120b",
 }
-OPENROUTER_RETIRED_FREE: frozenset[str] = frozenset(
-    {
-        "x-ai/grok-4-fast:free",
-        "deepseek/deepseek-chat-v3.1:free",
-        "stepfun/step-3.5-flash:free",
-        "openrouter/hunter-alpha:free",
-    }
-)
+# OpenRouter :free models that answer 404 "No endpoints found" (providers.md §1.8 update 2026-12: anomalyco/models.dev
+# roster history, snapshot 2026-07-02, removals cited in its issues #1248/#1249; older 404 captures OpenHands#11874,
+# chatboxai/chatbox#2743). id -> when it left.
+OPENROUTER_RETIRED: dict[str, str] = {
+    "deepseek/deepseek-r1:free": "removed 2026-03-22",
+    "deepseek/deepseek-r1-0528:free": "removed 2026-03-22",
+    "google/gemini-2.0-flash-exp:free": "removed 2026-03-22",
+    "arcee-ai/trinity-large-preview:free": "removed 2026-05-15",
+    "google/gemma-3-27b-it:free": "removed 2026-05-15",
+    "deepseek/deepseek-v4-flash:free": "removed 2026-05-31",
+    "z-ai/glm-4.5-air:free": "removed 2026-06-09",
+    "x-ai/grok-4-fast:free": "404 No endpoints found",
+    "deepseek/deepseek-chat-v3.1:free": "404 No endpoints found",
+    "stepfun/step-3.5-flash:free": "404 No endpoints found",
+    "openrouter/hunter-alpha:free": "404 No endpoints found",
+}
+OPENROUTER_RETIRED_FREE: frozenset[str] = frozenset(OPENROUTER_RETIRED)
+
+
+def retired(model: str) -> str | None:
+    """Why the built-in tables know ``model`` (a LiteLLM model string) as retired, else None. Rosters move
+    monthly: the live roster (calibration.py, ``router-plugin models``) is the truth; this is the offline hint."""
+    provider, bare = provider_of(model), _bare(model)
+    if provider == "groq":
+        return GROQ_RETIRED.get(bare)
+    if provider == "openrouter":
+        return OPENROUTER_RETIRED.get(bare)
+    return None
+
 
 # OpenRouter free tier (providers.md §1.1): same minute limit for both tiers; the day is the lever.
 OPENROUTER_FREE_RPM = 20
 OPENROUTER_FREE_RPD = {"free": 50, "funded": 1_000}
 
-# Context windows (tokens) of models seen in public sources (providers.md §1.8, §2.4). Overridable per model.
+# Context windows (tokens) as the live rosters list them (providers.md §1.8 and §2.1 updates 2026-12, §2.4). The
+# live GET /models value replaces these at run time (calibration.py); a config's limits.<model>.context wins.
 CONTEXT_WINDOWS: dict[str, int] = {
     "openrouter/free": 200_000,
+    "meta-llama/llama-3.3-70b-instruct:free": 65_536,  # models.dev snapshot 2026-07-02 (was 131,072)
+    "qwen/qwen3-coder:free": 262_000,  # back on 2026-05-15 at 262,000
+    "google/gemma-4-31b-it:free": 131_072,
+    "openai/gpt-oss-120b:free": 131_072,
+    "openai/gpt-oss-20b:free": 131_072,
+    # retired on OpenRouter (OPENROUTER_RETIRED), kept for configs that still name them
     "deepseek/deepseek-r1:free": 163_840,
     "deepseek/deepseek-r1-0528:free": 163_840,
     "google/gemini-2.0-flash-exp:free": 1_048_576,
-    "meta-llama/llama-3.3-70b-instruct:free": 131_072,
-    "qwen/qwen3-coder:free": 262_144,
     "deepseek/deepseek-v4-flash:free": 1_048_576,
-    "google/gemma-4-31b-it:free": 131_072,
     "google/gemma-3-27b-it:free": 131_072,
     "arcee-ai/trinity-large-preview:free": 131_000,
-    "openai/gpt-oss-120b:free": 131_072,
-    "openai/gpt-oss-20b:free": 131_072,
     "z-ai/glm-4.5-air:free": 131_072,
     # Groq (GET /openai/v1/models context_window)
     "openai/gpt-oss-120b": 131_072,
     "openai/gpt-oss-20b": 131_072,
+    "openai/gpt-oss-safeguard-20b": 131_072,
+    "qwen/qwen3.6-27b": 131_072,
+    "allam-2-7b": 4_096,
+    "groq/compound": 131_072,
+    "groq/compound-mini": 131_072,
     "llama-3.1-8b-instant": 131_072,
     "qwen/qwen3-32b": 131_072,
     "meta-llama/llama-4-scout-17b-16e-instruct": 131_072,
@@ -157,6 +194,11 @@ class PlanInputs:
     openrouter_tier: str = "free"
     allow_paid: bool = False
     limits: Mapping[str, LimitOverride] = field(default_factory=dict)
+    # Learnt / derived (see openrouter_accounts() and calibration.py): key fingerprint -> account id, account id ->
+    # requests/day the key endpoint reported, LiteLLM model string -> context window the live roster lists.
+    openrouter_accounts: Mapping[str, str] = field(default_factory=dict)
+    openrouter_rpd: Mapping[str, int] = field(default_factory=dict)
+    live_context: Mapping[str, int] = field(default_factory=dict)
 
 
 def key_fingerprint(api_key: str | None) -> str:
@@ -192,12 +234,14 @@ def plan_for(deployment: Mapping[str, Any], inputs: PlanInputs) -> DeploymentPla
     provider = provider_of(model)
     bare = _bare(model)
     override = inputs.limits.get(model) or inputs.limits.get(bare) or LimitOverride()
-    context = override.context or CONTEXT_WINDOWS.get(bare)
+    context = override.context or inputs.live_context.get(model) or CONTEXT_WINDOWS.get(bare)
 
     if provider == "openrouter" and is_openrouter_free(model):
         pool = inputs.limits.get("openrouter") or LimitOverride()
+        account = inputs.openrouter_accounts.get(fp, fp)  # the pool is the ACCOUNT, not the key (providers.md §1.1)
         rpm = pool.rpm or OPENROUTER_FREE_RPM
-        rpd = pool.rpd or OPENROUTER_FREE_RPD[inputs.openrouter_tier]
+        rpd = pool.rpd or inputs.openrouter_rpd.get(account) or OPENROUTER_FREE_RPD[inputs.openrouter_tier]
+        fp = account
         who = f"account {fp[:8]}"
         counters = [
             Counter("minute", Limit("minute", rpm, MINUTE_S, "fixed", "requests"), f"OpenRouter free requests/min ({who})"),
@@ -247,6 +291,47 @@ def _override_counters(prefix: str, override: LimitOverride, label: str) -> list
         for name in LIMIT_FIELDS
         if (value := getattr(override, name))
     ]
+
+
+def openrouter_accounts(keys: Sequence[tuple[str, str | None]], creators: Mapping[str, str] | None = None
+                        ) -> dict[str, str]:
+    """Which OpenRouter account pool each key fingerprint draws on: ``{fingerprint: account id}``.
+
+    ``keys``: (key fingerprint, account name the config gives it or None) of every OpenRouter deployment;
+    ``creators``: fingerprint -> ``creator_user_id`` that ``GET /api/v1/key`` reported. OpenRouter's limits are per
+    account ("Making additional accounts or API keys will not affect your rate limits", providers.md §1.1), so:
+    keys the config names (``model_info.openrouter_account``) are grouped by that name; the other keys are ONE
+    account unless the key endpoint reported different creators, then one account per creator (keys it did not
+    report join the largest). An id is a hash of the member fingerprints (one key alone: its own fingerprint, the
+    pre-grouping id), the same in every process of the config; never a key.
+    """
+    creators = creators or {}
+    named: dict[str, set[str]] = {}
+    unnamed: set[str] = set()
+    for fp, name in keys:
+        if name:
+            named.setdefault(name, set()).add(fp)
+        else:
+            unnamed.add(fp)
+    groups: list[tuple[str, set[str]]] = [("name:" + n, fps) for n, fps in sorted(named.items())]
+    by_creator: dict[str, set[str]] = {}
+    for fp in unnamed:
+        if fp in creators:
+            by_creator.setdefault(creators[fp], set()).add(fp)
+    unknown = unnamed - {fp for fps in by_creator.values() for fp in fps}
+    if len(by_creator) <= 1:
+        if unnamed:
+            groups.append(("", unnamed))
+    else:
+        parts = sorted(by_creator.values(), key=lambda fps: (-len(fps), sorted(fps)))
+        parts[0] |= unknown
+        groups += [("", fps) for fps in parts]
+    out: dict[str, str] = {}
+    for label, fps in groups:
+        ident = next(iter(fps)) if len(fps) == 1 and not label else key_fingerprint(label + "|" + ",".join(sorted(fps)))
+        for fp in fps:
+            out.setdefault(fp, ident)
+    return out
 
 
 # ---- request size ---------------------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class Endpoint:
         return key_fingerprint(self.api_key)[:8] if self.api_key else "no key"
 
 
+def provider_of_deployment(deployment: Mapping[str, Any]) -> str | None:
+    return provider_of(str((deployment.get("litellm_params") or {}).get("model", "")))
+
+
 def configured(model_list: Sequence[Mapping[str, Any]]) -> list[Configured]:
     out = []
     for i, d in enumerate(model_list):
@@ -288,6 +292,7 @@ class KeyInfo:
     daily_used: int | None
     daily_remaining: int | None
     fetched_at: float
+    account: str | None = None  # a one-way hash of creator_user_id: which keys share an account (never the key)
 
     @property
     def limit(self) -> int:
@@ -341,8 +346,10 @@ async def fetch_key(client: httpx.AsyncClient, base_url: str, api_key: str | Non
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else None
 
     free = data.get("is_free_tier")
+    creator = data.get("creator_user_id")
+    account = key_fingerprint("creator:" + creator) if isinstance(creator, str) and creator else None
     return KeyInfo(free if isinstance(free, bool) else None, num(daily.get("limit")) or None, num(daily.get("used")),
-                   num(daily.get("remaining")), time.time())
+                   num(daily.get("remaining")), time.time(), account)
 
 
 def day_fact(info: KeyInfo, now: float | None = None) -> Remaining | None:

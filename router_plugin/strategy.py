@@ -196,6 +196,8 @@ def _failed_attempts(metadata: Mapping) -> list[dict]:
 
 
 class QuotaRouting(CustomRoutingStrategyBase):
+    ready = None  # async () -> None awaited before admitting (calibration.py: once per process, then instant)
+
     def __init__(self, router: Any, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
                  sync_store: SyncQuotaStore | None = None, events: Events | None = None):
         self.router = router
@@ -218,6 +220,8 @@ class QuotaRouting(CustomRoutingStrategyBase):
         self, model: str, messages: list[dict[str, str]] | None = None, input: str | list | None = None,
         specific_deployment: bool | None = False, request_kwargs: dict | None = None,
     ):
+        if self.ready is not None:
+            await self.ready()
         request = _Request.of(self, model, messages, input, request_kwargs)
         deadline = time.monotonic() + self.settings.max_wait_s
         while True:

@@ -59,7 +59,7 @@ def test_two_calibrators_one_runs_and_it_syncs_the_day_and_quarantines_the_gone(
     assert day.used == 45 and day.remaining == 5
     gone = snap.deployment(OR_A)
     assert gone.state == "quarantined" and gone.reason == (
-        "quarantined: left the openrouter roster (GET /models no longer lists deepseek/deepseek-r1:free)")
+        f"quarantined: left the openrouter roster (GET /models no longer lists {bare(OR_A)})")
     assert 6 * 3600 - 60 < gone.until - snap.now <= 6 * 3600
     assert snap.deployment(GQ_B).state == "quarantined" and snap.deployment(OR_B).state == "ok"
 
@@ -93,7 +93,7 @@ def test_calibration_starts_lazily_in_the_event_loop_and_never_breaks_a_request(
         assert len(calibrator._tasks) == 1  # started by the first routing decision, in this loop
         task = next(iter(calibrator._tasks.values()))
         for _ in range(100):  # let the background run happen
-            if any("calibration failed" in r.getMessage() for r in caplog.records):
+            if any("without calibration" in r.getMessage() for r in caplog.records):
                 break
             await asyncio.sleep(0.02)
         metadata2: dict = {}
@@ -104,7 +104,8 @@ def test_calibration_starts_lazily_in_the_event_loop_and_never_breaks_a_request(
     with caplog.at_level(logging.WARNING, logger="router_plugin"):
         first, second = asyncio.run(go())
     assert first["model"] == second["model"] == OR_A
-    assert any("calibration failed: RuntimeError: roster endpoint exploded" in r.getMessage() for r in caplog.records)
+    assert any("admitting without calibration (RuntimeError: roster endpoint exploded)" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_an_empty_roster_quarantines_nothing_and_a_tier_mismatch_is_logged(sim, redis_url, caplog):

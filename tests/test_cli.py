@@ -86,7 +86,7 @@ def test_console_entry_point_lists_the_commands():
 
 def test_status_shows_pools_resets_cooldowns_and_quarantine(sim, redis_url, tmp_path, capsys):
     sim.configure({"models": {bare(OR_A): {"gone": True}}})
-    path = write_config(tmp_path, sim, redis_url)
+    path = write_config(tmp_path, sim, redis_url, calibration={"interval_s": 0})  # the 404 path, not the roster's
     router = router_plugin.build_router(path)
     infos = ask(router, 3)
     assert [i["model"] for i in infos] == [OR_B] * 3  # OR_A 404 -> quarantined, OR_B serves
@@ -105,7 +105,7 @@ def test_status_shows_pools_resets_cooldowns_and_quarantine(sim, redis_url, tmp_
     assert re.match(r"\s+requests/day\s+4 / 50\s+46\s+\d\d-\d\d 00:00:00 \(in \d+h\d\dm\)\s+ok$", day), day
     assert any(re.match(r"\s+tokens/min\s+0 / 8000\s+8000\s+-\s+ok$", line) for line in lines)
     gone = next(line for line in lines if line.startswith(OR_A))
-    assert "quarantined" in gone and "No endpoints found for deepseek/deepseek-r1:free" in gone
+    assert "quarantined" in gone and f"No endpoints found for {bare(OR_A)}" in gone
     assert re.search(r"\(in (5h59m|6h00m)\)", gone)
     assert re.match(rf"{re.escape(OR_B)}\s+free-chat\s+ok", next(line for line in lines if line.startswith(OR_B)))
     assert completions_sent(sim) == 4  # status itself sent nothing
@@ -124,7 +124,7 @@ def test_status_json_schema_and_provider_blocks(sim, redis_url, tmp_path, capsys
     # The account spent its day elsewhere: the first request gets OpenRouter's per-day 429 and falls over to Groq.
     sim.configure({"openrouter": {"accounts": {"sim-openrouter-key": {"used_today": 50}}}})
     # (GQ_A's tokens/min at 60 drains 1 token a second: what was used is still visible when status runs)
-    path = write_config(tmp_path, sim, redis_url, limits={GQ_A: {"tpm": 60}})
+    path = write_config(tmp_path, sim, redis_url, limits={GQ_A: {"tpm": 60}}, calibration={"interval_s": 0})
     router = router_plugin.build_router(path)
     info = ask(router)[0]
     assert info["model"] == GQ_A and info["attempts"] == 2
@@ -156,7 +156,7 @@ def test_status_json_schema_and_provider_blocks(sim, redis_url, tmp_path, capsys
     assert [d["model"] for d in doc["deployments"]] == list(DEMO_CHAIN)
     for d in doc["deployments"]:
         assert set(d) == DEPLOYMENT_KEYS and d["state"] == "ok" and d["group"] == DEMO_GROUP
-    assert doc["deployments"][0]["pool"] == openrouter["id"] and doc["deployments"][0]["context_window"] == 163840
+    assert doc["deployments"][0]["pool"] == openrouter["id"] and doc["deployments"][0]["context_window"] == 65536
 
     code, out, _ = run(capsys, "status", "--config", path)
     day_line = next(line for line in out.splitlines() if line.strip().startswith("requests/day") and "50 / 50" in line)
@@ -375,11 +375,11 @@ def test_models_lists_the_live_roster_and_marks_gone_deployments(sim, redis_url,
     path = write_config(tmp_path, sim, redis_url)
     code, out, _ = run(capsys, "models", "--config", path)
     assert code == 1  # a configured deployment is gone
-    assert f"openrouter  {sim.openrouter_base}/models: 10 free models" in out
-    assert f"groq        {sim.groq_base}/models: 11 free models" in out
-    assert re.search(r"^openrouter\s+meta-llama/llama-3\.3-70b-instruct:free\s+131072\s+-\s+model_list\[1\] \(free-chat\)$",
+    assert f"openrouter  {sim.openrouter_base}/models: 11 free models" in out
+    assert f"groq        {sim.groq_base}/models: 12 free models" in out
+    assert re.search(r"^openrouter\s+qwen/qwen3-coder:free\s+262144\s+-\s+model_list\[1\] \(free-chat\)$",
                      out, re.M)
-    assert re.search(r"^openrouter\s+qwen/qwen3-coder:free\s+262144\s+-\s*$", out, re.M)
+    assert re.search(r"^openrouter\s+deepseek/deepseek-r1:free\s+163840\s+-\s*$", out, re.M)
     assert re.search(r"^groq\s+openai/gpt-oss-120b\s+131072\s+65536\s+model_list\[2\] \(free-chat\)$", out, re.M)
     assert "openai/gpt-4o-mini" not in out and "deepseek/deepseek-r1 " not in out  # paid models are not listed
     assert f"  GONE  model_list[0]  {OR_A}  (group free-chat)" in out
@@ -401,7 +401,7 @@ def test_models_write_gives_a_roster_the_config_can_use(sim, redis_url, tmp_path
     assert code == 0 and "every configured deployment is in the live roster" in out
     assert f"wrote {roster_file}" in out
     doc = yaml.safe_load(roster_file.read_text())
-    assert doc["router_plugin"]["limits"] == {OR_A: {"context": 163840}, OR_B: {"context": 131072},
+    assert doc["router_plugin"]["limits"] == {OR_A: {"context": 65536}, OR_B: {"context": 262144},
                                               GQ_A: {"context": 131072}, GQ_B: {"context": 131072}}
     assert doc["roster"]["openrouter"]["qwen/qwen3-coder:free"] == 262144 and doc["roster"]["gone"] == []
     assert doc["roster"]["groq"]["allam-2-7b"] == 4096
@@ -412,8 +412,8 @@ def test_models_write_gives_a_roster_the_config_can_use(sim, redis_url, tmp_path
     router = router_plugin.build_router(config)
     from router_plugin.installer import installed
 
-    assert loaded.settings.limits[OR_A].context == 163840
-    assert installed(router).plans.plan(router.model_list[0]).context_window == 163840
+    assert loaded.settings.limits[OR_A].context == 65536
+    assert installed(router).plans.plan(router.model_list[0]).context_window == 65536
 
 
 # ---- key ------------------------------------------------------------------------------------------------------

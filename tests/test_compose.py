@@ -271,12 +271,15 @@ def test_proxy_config_is_complete_and_uses_current_free_models():
     assert config["router_plugin"]["redis_url"] == "os.environ/REDIS_URL"
     chain = [model for _, model in model_chain(config)]
     assert chain == [
-        "openrouter/deepseek/deepseek-r1:free",
         "openrouter/meta-llama/llama-3.3-70b-instruct:free",
+        "openrouter/qwen/qwen3-coder:free",
         "groq/openai/gpt-oss-120b",
         "groq/openai/gpt-oss-20b",
     ]
     assert "llama-3.3-70b-versatile" not in CONFIG.read_text()  # retired on Groq
+    from router_plugin.limits import retired
+
+    assert [m for m in chain if retired(m)] == []  # nothing the built-in tables know as gone
     for entry in config["model_list"]:
         key = entry["litellm_params"]["api_key"]
         provider = entry["litellm_params"]["model"].split("/")[0]

@@ -61,7 +61,8 @@ def test_metrics_count_what_happened_to_real_traffic(sim, redis_url):
     # free-models-per-day); GQ_A allows 2 requests a minute.
     sim.configure({"models": {bare(OR_A): {"gone": True}}})
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, redis_timeout_s=5,
-                                                    chain=(OR_A, OR_B, GQ_A), limits={GQ_A: {"rpm": 2}}))
+                                                    chain=(OR_A, OR_B, GQ_A), limits={GQ_A: {"rpm": 2}},
+                                                    calibration={"interval_s": 0}))  # the 404 path
     port = free_port()
     observer = metrics.enable(router, port=port)
     assert metrics.enable(router) is observer  # idempotent: one observer per router
@@ -218,7 +219,7 @@ def test_one_log_line_per_routing_decision_never_a_secret(sim, redis_url):
     sim.configure({"models": {bare(OR_A): {"gone": True}}})
     router = router_plugin.build_router(demo_config(
         sim.base_url, redis_url=redis_url, redis_timeout_s=5, openrouter_key=FAKE_OR_KEY, groq_key=FAKE_GROQ_KEY,
-        chain=(OR_A, GQ_A), limits={GQ_A: {"rpm": 1}}))
+        chain=(OR_A, GQ_A), limits={GQ_A: {"rpm": 1}}, calibration={"interval_s": 0}))  # the 404 path
     # How an operator turns it on (README "Logs"): LiteLLM's handler, level INFO for "router_plugin".
     from litellm._logging import JsonFormatter, handler as litellm_handler
 

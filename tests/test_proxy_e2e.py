@@ -29,7 +29,7 @@ from tests.test_compose import compose_env, option, repo_path_of, service_comman
 pytestmark = pytest.mark.integration
 
 GROUP = "free-chat"
-OR_A, OR_B = "openrouter/deepseek/deepseek-r1:free", "openrouter/meta-llama/llama-3.3-70b-instruct:free"
+OR_A, OR_B = "openrouter/meta-llama/llama-3.3-70b-instruct:free", "openrouter/qwen/qwen3-coder:free"
 GQ_A, GQ_B = "groq/openai/gpt-oss-120b", "groq/openai/gpt-oss-20b"
 PLUGIN_HEADERS = ("x-router-plugin-deployment", "x-router-plugin-attempts", "x-router-plugin-remaining-minute",
                   "x-router-plugin-remaining-day")

@@ -314,7 +314,8 @@ def test_kill_and_restart_redis_mid_burst(sim, own_redis):
                    "latency_ms": 30})
     rpd = 200  # the plugin's OpenRouter day limit (the simulator's is higher: over-admission is measured, not 429'd)
     config = demo_config(sim.base_url, redis_url=server.url, chain=(OR_A, OR_B, GQ_A), expected_workers=BURST_WORKERS,
-                         limits={"openrouter": {"rpm": 1000, "rpd": rpd}}, redis_timeout_s=TIMEOUT_S)
+                         limits={"openrouter": {"rpm": 1000, "rpd": rpd}}, redis_timeout_s=TIMEOUT_S,
+                         calibration={"interval_s": 0})  # the subject is the outage, not the cold start
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(BURST_WORKERS + 1)
     queue = ctx.Queue()
@@ -588,7 +589,8 @@ def _accounting(url: str, router):
 def test_a_garbled_upstream_reply_fails_over_and_its_tokens_come_back(sim, redis_url, kind):
     garbage = GarbageServer(kind)
     try:
-        config = demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_A, GQ_B))
+        config = demo_config(sim.base_url, redis_url=redis_url, chain=(GQ_A, GQ_B),
+                             calibration={"interval_s": 0})  # garbage.hits: completion attempts only
         config["model_list"][0]["litellm_params"].update(api_base=garbage.base, max_retries=0)
         router = router_plugin.build_router(config)
         started = time.monotonic()

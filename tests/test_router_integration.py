@@ -51,9 +51,10 @@ def test_four_processes_burst_serves_the_capacity_and_sends_zero_429s(sim, redis
 
 
 def test_one_day_429_stops_every_worker_from_sending_free_requests(sim, redis_url):
-    # The account has spent its day elsewhere (another app, an earlier run): the plugin does not know.
+    # The account has spent its day elsewhere (another app, an earlier run): the plugin does not know
+    # (calibration off; with it on, the key endpoint tells it first: tests/test_calibration_fleet.py).
     sim.configure({"openrouter": {"accounts": {"sim-openrouter-key": {"used_today": 50}}}})
-    config = demo_config(sim.base_url, redis_url=redis_url)
+    config = demo_config(sim.base_url, redis_url=redis_url, calibration={"interval_s": 0})
     router = router_plugin.build_router(config)
 
     response, info = asyncio.run(ask(router))
@@ -72,7 +73,7 @@ def test_one_day_429_stops_every_worker_from_sending_free_requests(sim, redis_ur
 
 def test_gone_model_is_quarantined_for_every_worker(sim, redis_url, caplog):
     sim.configure({"models": {bare(OR_A): {"gone": True}}})
-    config = demo_config(sim.base_url, redis_url=redis_url)
+    config = demo_config(sim.base_url, redis_url=redis_url, calibration={"interval_s": 0})  # the 404 path
     router = router_plugin.build_router(config)
     with caplog.at_level("ERROR", logger="router_plugin"):
         response, info = asyncio.run(ask(router))

@@ -150,9 +150,11 @@ def test_keys_never_leak_anywhere(sim, all_logs, tmp_path, monkeypatch, capfd, s
     path = tmp_path / "litellm_config.yaml"
     path.write_text(yaml.safe_dump(config))
     # Provider failures of every kind, with the canary keys in the requests: 404 gone, 500, the day's 429.
-    sim.configure({"models": {OR_A.split("/", 1)[1]: {"gone": True}, GQ_A.split("/", 1)[1]: {"status": 500,
+    # (OR_A answers 404 without leaving the roster: calibration, on by default, runs with the canary keys too.)
+    sim.configure({"models": {OR_A.split("/", 1)[1]: {"status": 404}, GQ_A.split("/", 1)[1]: {"status": 500,
                                                                                                "status_count": 1}},
-                   "openrouter": {"accounts": {OR_KEY: {"used_today": 47}}}})
+                   # minute_limit: a 429 that the key endpoint (calibration) cannot foresee
+                   "openrouter": {"accounts": {OR_KEY: {"used_today": 47, "minute_limit": 1}}}})
     litellm._turn_on_debug()  # LiteLLM's own DEBUG logging: the leak would most likely be there
     errors: list[str] = []
     metadata_seen: list[str] = []
@@ -181,7 +183,7 @@ def test_keys_never_leak_anywhere(sim, all_logs, tmp_path, monkeypatch, capfd, s
         stats = sim.stats()
         assert inst.store.guard.outages == 0, inst.store.guard.status()
         assert stats["responses"]["openrouter"].get("404") and stats["responses"]["groq"].get("500"), stats
-        assert stats["responses"]["openrouter"].get("429"), stats  # the day's 429
+        assert stats["responses"]["openrouter"].get("429"), stats  # a per-minute 429
         assert any("QuotaExhaustedError" in e and "(account " in e for e in errors), errors
         # Redis goes away: the fail_open limiter's logs and refusals name the store — never its password.
         server.proc.kill()

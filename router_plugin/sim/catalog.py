@@ -59,7 +59,8 @@ OPENROUTER_MODELS: dict[str, OpenRouterModel] = {m.id: m for m in (
         supported_parameters=_DEFAULT_PARAMS + _REASONING_PARAMS, created=1_737_381_095),
     _or("deepseek/deepseek-r1-0528:free", "DeepSeek: R1 0528 (free)", 163_840, "Chutes", tokenizer="DeepSeek",
         supported_parameters=_DEFAULT_PARAMS + _REASONING_PARAMS, created=1_748_455_170),
-    _or("meta-llama/llama-3.3-70b-instruct:free", "Meta: Llama 3.3 70B Instruct (free)", 131_072, "Venice",
+    # listed at 65,536 since 2026 (providers.md §1.8 update 2026-12; was 131,072)
+    _or("meta-llama/llama-3.3-70b-instruct:free", "Meta: Llama 3.3 70B Instruct (free)", 65_536, "Venice",
         tokenizer="Llama3", supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS, created=1_733_506_137),
     _or("qwen/qwen3-coder:free", "Qwen: Qwen3 Coder 480B A35B (free)", 262_144, "Chutes", tokenizer="Qwen3",
         supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS, created=1_753_230_546),
@@ -76,6 +77,8 @@ OPENROUTER_MODELS: dict[str, OpenRouterModel] = {m.id: m for m in (
     _or("google/gemini-2.0-flash-exp:free", "Google: Gemini 2.0 Flash Experimental (free)", 1_048_576,
         "Google AI Studio", max_completion_tokens=8_192, tokenizer="Gemini",
         supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS, created=1_733_937_523),
+    _or("google/gemma-4-31b-it:free", "Google: Gemma 4 31B (free)", 131_072, "Google AI Studio",
+        tokenizer="Gemini", supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS, created=1_775_000_000),
     _or(OPENROUTER_FREE_ROUTER, "Free Models Router", 200_000, "OpenRouter", tokenizer="Router",
         supported_parameters=_DEFAULT_PARAMS + _TOOL_PARAMS + _REASONING_PARAMS, created=1_769_000_000),
     _or("openai/gpt-4o-mini", "OpenAI: GPT-4o-mini", 128_000, "OpenAI", prompt_price="0.00000015",
@@ -115,6 +118,9 @@ GROQ_MODELS: dict[str, GroqModel] = {m.id: m for m in (
               1_752_435_491),
     GroqModel("groq/compound", "Groq", 131_072, 8_192, GroqCaps(30, 250, 70_000, None), 1_756_949_530),
     GroqModel("groq/compound-mini", "Groq", 131_072, 8_192, GroqCaps(30, 250, 70_000, None), 1_756_949_707),
+    # Aug 2026 free-plan row (providers.md §2.1); context window 131,072 (§2.1 update 2026-12).
+    GroqModel("qwen/qwen3.6-27b", "Alibaba Cloud", 131_072, 40_960, GroqCaps(30, 1_000, 8_000, 200_000),
+              1_785_000_000),
     GroqModel("allam-2-7b", "SDAIA", 4_096, 4_096, GroqCaps(30, 7_000, 6_000, 500_000), 1_737_672_203),
 )}
 

@@ -5,7 +5,8 @@ an unknown key or a wrong type is refused as a whole (:class:`ConfigError`), so 
 Schema (all optional)::
 
     {"openrouter": {"accounts": {"<api key>" | "*": {"daily_limit": int, "minute_limit": int, "funded": bool,
-                                                      "balance_negative": bool, "used_today": int}}},
+                                                      "balance_negative": bool, "used_today": int}},
+                    "keys": {"<api key>": "<account name>"}},
      "groq": {"limits": {"<model id>": {"rpm": int, "rpd": int, "tpm": int, "tpd": int}}},
      "models": {"<model id>": {"gone": bool, "busy": bool, "status": int, "status_count": int, "latency_ms": num,
                                "error_200": bool | int,
@@ -57,6 +58,11 @@ def _bool_or_status(v: Any, path: str) -> None:
         _int(400, 599)(v, path)
 
 
+def _name(v: Any, path: str) -> None:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{path}: expected an account name (a non-empty string), got {v!r}")
+
+
 def _fault(v: Any, path: str) -> None:
     if v not in STREAM_FAULTS:
         raise ConfigError(f"{path}: expected one of {', '.join(STREAM_FAULTS)}, got {v!r}")
@@ -74,7 +80,7 @@ _ACCOUNT = {"daily_limit": _int(0), "minute_limit": _int(0), "funded": _bool, "b
 _GROQ_LIMITS = {"rpm": _int(1), "rpd": _int(1), "tpm": _int(1), "tpd": _int(1)}
 _MODEL = {"gone": _bool, "busy": _bool, "status": _int(400, 599), "status_count": _int(0), "latency_ms": _num(0),
           "error_200": _bool_or_status, "stream_fault": _fault, "stall_s": _num(0), "reject_prefill": _bool}
-SCHEMA: dict = {"openrouter": {"accounts": _MapOf(_ACCOUNT)}, "groq": {"limits": _MapOf(_GROQ_LIMITS)},
+SCHEMA: dict = {"openrouter": {"accounts": _MapOf(_ACCOUNT), "keys": _MapOf(_name)}, "groq": {"limits": _MapOf(_GROQ_LIMITS)},
                 "models": _MapOf(_MODEL), "latency_ms": _num(0)}
 
 
@@ -89,7 +95,8 @@ def validate_patch(patch: Any, schema: Any = SCHEMA, path: str = "config") -> No
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{path}: keys must be non-empty strings")
             if isinstance(schema, _MapOf):
-                validate_patch(value, schema.schema, f"{path}.<{'key' if path.endswith('accounts') else 'id'}>")
+                where = 'key' if path.endswith(('accounts', 'keys')) else 'id'
+                validate_patch(value, schema.schema, f"{path}.<{where}>")
             elif key not in schema:
                 raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(schema))})")
             else:

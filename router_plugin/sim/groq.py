@@ -220,6 +220,7 @@ class _Handler(ProviderHandler):
         """``GET /openai/v1/models`` (§2.4); needs a key like the real API; ``gone`` models are left out."""
         if bearer_key(request) is None:
             return json_response(401, _error("Invalid API Key", "invalid_request_error", "invalid_api_key"))
+        self.state.record_endpoint(PROVIDER, "/models")
         data = [{"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by, "active": True,
                  "context_window": m.context_window, "public_apps": None,
                  "max_completion_tokens": m.max_completion_tokens}

@@ -231,6 +231,7 @@ class _Handler(ProviderHandler):
 
     async def models(self, request: web.Request) -> web.Response:
         """``GET /api/v1/models`` (public, no key needed): the roster minus models switched ``gone`` (§1.5)."""
+        self.state.record_endpoint(PROVIDER, "/models")
         data = [_model_object(m) for m in OPENROUTER_MODELS.values() if not self.state.switches(m.id).gone]
         return json_response(200, {"data": data})
 
@@ -240,13 +241,14 @@ class _Handler(ProviderHandler):
         if key is None:
             return json_response(401, _error(401, "No auth credentials found", None))
         h = key_hash(key)
+        self.state.record_endpoint(PROVIDER, "/key")
         used, settings = self.state.openrouter_day(h)
         return json_response(200, {"data": {
             "label": f"sim-key-{h}", "limit": None, "limit_reset": None, "limit_remaining": None,
             "include_byok_in_limit": False, "usage": 0, "usage_daily": 0, "usage_weekly": 0, "usage_monthly": 0,
             "byok_usage": 0, "byok_usage_daily": 0, "byok_usage_weekly": 0, "byok_usage_monthly": 0,
             "is_free_tier": not settings.funded, "is_management_key": False, "is_provisioning_key": False,
-            "creator_user_id": user_id(h), "expires_at": None,
+            "creator_user_id": user_id(self.state.account_id(h)), "expires_at": None,
             "free_model_daily_requests": {"used": used, "limit": settings.daily_limit,
                                           "remaining": max(0, settings.daily_limit - used)},
             "rate_limit": {"requests": -1, "interval": "10s", "note": "deprecated"}}})

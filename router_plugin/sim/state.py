@@ -122,11 +122,14 @@ class SimState:
                         used_today[h] = value
                 hashed[h] = acc
             patch["openrouter"] = {**patch["openrouter"], "accounts": hashed}
+        keys = (patch.get("openrouter") or {}).get("keys")
+        if keys:  # key -> account name, stored by key hash like everything else
+            patch["openrouter"] = {**patch["openrouter"], "keys": {key_hash(k): v for k, v in keys.items()}}
         with self.lock:
             self._config = cfg.merge(self._config, patch)
             now = self.now()
             for h, value in used_today.items():
-                self._pool(h).day.set(now, value)
+                self._pool(self.account_id(h)).day.set(now, value)
             return cfg.merge({}, self._config)
 
     def config_view(self) -> dict:
@@ -139,6 +142,10 @@ class SimState:
             now = self.now()
             snap["openrouter_day_used"] = {h: p.day.count(now) for h, p in self._pools.items()}
             return snap
+
+    def record_endpoint(self, provider: str, path: str) -> None:
+        with self.lock:
+            self._stats.endpoint(provider, path)
 
     def record_request(self, provider: str, model: str) -> None:
         with self.lock:
@@ -187,10 +194,27 @@ class SimState:
             pool = self._pools[h] = AccountPool()
         return pool
 
+    def account_id(self, h: str) -> str:
+        """The account a key belongs to (``openrouter.keys``): every key of one account shares one pool
+        (providers.md §1.1 "Making additional accounts or API keys will not affect your rate limits"). A key
+        named in no mapping is an account of its own, identified by its hash."""
+        with self.lock:
+            name = self._config.get("openrouter", {}).get("keys", {}).get(h)
+            return h if name is None else "a" + key_hash("account:" + name)[:11]
+
+    def _account_keys(self, h: str) -> list[str]:
+        """The key hashes of ``h``'s account (``h`` last, so its own settings win)."""
+        mine = self.account_id(h)
+        others = sorted(k for k in self._config.get("openrouter", {}).get("keys", {}) if k != h
+                        and self.account_id(k) == mine)
+        return others + [h]
+
     def account(self, h: str) -> AccountSettings:
         with self.lock:
             accounts = self._config.get("openrouter", {}).get("accounts", {})
-            merged = {**accounts.get("*", {}), **accounts.get(h, {})}
+            merged = dict(accounts.get("*", {}))
+            for k in self._account_keys(h):
+                merged.update(accounts.get(k, {}))
             funded = merged.get("funded")
             if funded is None:
                 funded = merged.get("daily_limit", DEFAULT_DAILY_LIMIT) >= FUNDED_DAILY_LIMIT
@@ -202,14 +226,14 @@ class SimState:
         """Count one free-model attempt against the account, or say which window refused it."""
         with self.lock:
             settings = self.account(h)
-            block = self._pool(h).try_admit(self.now(), minute_limit=settings.minute_limit,
+            block = self._pool(self.account_id(h)).try_admit(self.now(), minute_limit=settings.minute_limit,
                                             daily_limit=settings.daily_limit)
             return block, settings
 
     def openrouter_day(self, h: str) -> tuple[int, AccountSettings]:
         """(used today, settings) without counting anything (``GET /api/v1/key``)."""
         with self.lock:
-            pool = self._pools.get(h)
+            pool = self._pools.get(self.account_id(h))
             return (pool.day.count(self.now()) if pool else 0), self.account(h)
 
     # -- Groq per-model limits (providers.md §2.1, §2.2) ---------------------------------------------------

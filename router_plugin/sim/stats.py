@@ -17,6 +17,7 @@ class Stats:
         self.requests: dict[str, Counter] = {p: Counter() for p in PROVIDERS}
         self.responses: dict[str, Counter] = {p: Counter() for p in PROVIDERS}
         self.rate_limited: Counter = Counter({p: 0 for p in PROVIDERS})
+        self.endpoints: Counter = Counter()  # free endpoint GETs: "openrouter /key", "openrouter /models", ...
         self.log: deque[dict[str, Any]] = deque(maxlen=max_log)
 
     def request(self, provider: str, model: str) -> None:
@@ -30,10 +31,14 @@ class Stats:
         self.log.append({"t": t, "provider": provider, "model": model, "status": status, "stream": stream,
                          "key_hash": key_hash, "reason": reason})
 
+    def endpoint(self, provider: str, path: str) -> None:
+        self.endpoints[f"{provider} {path}"] += 1
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "requests": {p: dict(c) for p, c in self.requests.items()},
             "responses": {p: dict(c) for p, c in self.responses.items()},
             "rate_limited": dict(self.rate_limited),
+            "endpoints": dict(self.endpoints),
             "log": list(self.log),
         }
