@@ -47,6 +47,8 @@ POLL_S = 0.05
 # Per process: (store, prefix, endpoints) whose first wait already ran out — another Router of the same process
 # (tests, services that rebuild routers) does not wait again for a result that is not coming.
 _WAITED: set[tuple] = set()
+#: Recalibrations started by the store's on_empty hook (a reference keeps each task alive until it is done).
+_PENDING: set[asyncio.Task] = set()
 
 
 @dataclass
@@ -243,6 +245,23 @@ class Calibrator(Observer):
         else:
             result = await self._lead(router, inst, store)
         return result
+
+    def store_came_back_empty(self, reason: str) -> None:
+        """The store's ``on_empty`` hook (store/resilient.py): the one process that found the marker missing
+        refreshes at once, and its admissions wait (bounded) for the day counts to be put back. A store that is new
+        at ``open`` needs nothing more: the first admission waits for the start-up refresh anyway. Sync callers
+        (no running loop) are left to the periodic refresh."""
+        if reason == "open":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        log.warning("router_plugin: the quota store came back empty (%s); recalibrating from the providers' "
+                    "free endpoints before admitting again", reason)
+        task = loop.create_task(self.recalibrate_now())
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
 
     async def recalibrate_now(self) -> CalibrationRun:
         """Refresh at once whatever the lease says (the store came back empty: store/ ``on_empty`` hook). The

@@ -119,6 +119,7 @@ def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:
         calibrator = Calibrator(router, inst.settings.calibration.interval_s)
         inst.events.add(calibrator)
         inst.strategy.ready = calibrator.ensure_ready  # before the first admission: one fleet-wide refresh
+        inst.store.on_empty(calibrator.store_came_back_empty)  # Redis came back empty: refresh before admitting
     if inst.settings.metrics.enabled:
         from . import metrics
 

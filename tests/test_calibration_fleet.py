@@ -153,3 +153,52 @@ def test_recalibrate_now_puts_the_days_count_back_after_the_store_came_back_empt
     assert day_used() == 0
     run = asyncio.run(recalibrate_now(router))
     assert run.ran and day_used() == 31
+
+
+def test_a_store_that_came_back_empty_is_recalibrated_before_admitting_again(sim, tmp_path, monkeypatch):
+    # Issue 13 item 6 with issue 14's marker: Redis restarts WITHOUT persistence mid-day. The worker that finds the
+    # marker gone (on reconnect) recalibrates from the key endpoint, so the day's count is back in the fresh store
+    # instead of the whole day being admitted again. (Before the hook was wired the day read 1 after the restart.)
+    from router_plugin import calibration
+    from router_plugin.report import open_store, take_snapshot
+    from router_plugin.store import resilient
+    from tests.servers import RedisServer
+
+    # The client's own reconnect hides a quick restart from the outage path; the periodic marker check (every
+    # MARKER_CHECK_S, 30 s) finds it. Checked every 0.5 s here so the test does not wait half a minute.
+    monkeypatch.setattr(resilient, "MARKER_CHECK_S", 0.5)
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        sim.configure({"openrouter": {"accounts": {"sim-openrouter-key": {"used_today": 30}}}})
+        router = router_plugin.build_router(demo_config(sim.base_url, redis_url=server.url, redis_timeout_s=0.5))
+        inst = installed(router)
+
+        def day_used() -> int:
+            snap = take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in router.model_list])
+            return next(lim for lim in snap.pools[0].limits if lim.counter == "day").used
+
+        async def scenario() -> list[str]:
+            await router.acompletion(model=DEMO_GROUP, messages=MSG, max_tokens=8)
+            assert day_used() == 31
+            before = len(inst.store.guard.empty_events)  # "open": the store was new at start
+            server.stop()
+            server.start()  # same port, nothing persisted: the store is back, empty
+            for _ in range(40):  # the worker notices the outage, probes again within 2 s, finds no marker
+                try:
+                    await router.acompletion(model=DEMO_GROUP, messages=MSG, max_tokens=8, num_retries=0)
+                except Exception:
+                    pass
+                if len(inst.store.guard.empty_events) > before:
+                    break
+                await asyncio.sleep(0.25)
+            await asyncio.gather(*list(calibration._PENDING))
+            return list(inst.store.guard.empty_events[before:])
+
+        events = asyncio.run(scenario())
+        assert events and "open" not in events, events
+        # the provider's count (30 before + what reached it since) is back in the fresh store
+        sent = sum(sim.stats()["responses"]["openrouter"].values())
+        assert day_used() >= 30 + sent - 1, (day_used(), sent)
+    finally:
+        server.stop()
