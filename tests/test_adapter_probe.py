@@ -1,6 +1,7 @@
 """The adapter prototype (router_plugin.adapter, issue 15) on whichever LiteLLM line runs the suite.
 
-Passes on 1.108.7 (the normal suite) and on 1.110.2 (``/work/venv110/bin/python -m pytest tests/test_adapter_probe.py``):
+Passes on 1.108.7 (the normal suite), 1.110.2 (``/work/venv110/bin/python -m pytest tests/test_adapter_probe.py``) and
+1.109.3 (``/work/venv109/...``):
 the same strategy, callbacks and stream guard, installed through each line's public hooks, with no LiteLLM
 DeprecationWarning. The integration cases call the EXISTING tests unchanged, with ``router_plugin.build_router`` and
 ``run_burst`` pointed at the adapter.
@@ -37,14 +38,14 @@ def test_compromised_releases_are_refused_by_name(version):
         detect(version)
 
 
-@pytest.mark.parametrize("version", ["1.108.6", "1.109.3", "1.111.0", "1.106.5"])
+@pytest.mark.parametrize("version", ["1.108.6", "1.109.2", "1.111.0", "1.106.5"])
 def test_unknown_lines_are_refused_naming_the_version_and_the_supported_lines(version):
     with pytest.raises(MissingHookError, match=rf"LiteLLM {version} is not a supported line; supported: 1\.108\.7\+"):
         detect(version)
 
 
 @pytest.mark.parametrize("version,core", [("1.108.7", False), ("1.108.23", False), ("1.110.0rc1", None),
-                                          ("1.110.2", True)])
+                                          ("1.109.3", True), ("1.110.2", True)])
 def test_known_lines(version, core):
     if core is None:  # 1.110.0 is below the lowest verified patch (1.110.2)
         with pytest.raises(MissingHookError):

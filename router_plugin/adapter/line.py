@@ -19,7 +19,7 @@ from ..errors import RouterPluginError
 #: Compromised releases: never run on them, whatever the range says.
 BANNED = frozenset({"1.82.7", "1.82.8", "1.107.0"})
 #: (major, minor) lines the adapter knows, with the lowest patch verified on each.
-LINES = {(1, 108): 7, (1, 110): 2}
+LINES = {(1, 108): 7, (1, 109): 3, (1, 110): 2}
 
 
 class MissingHookError(RouterPluginError):
@@ -49,7 +49,7 @@ def _parse(version: str) -> tuple[int, int, int]:
     m = re.match(r"^(\d+)\.(\d+)\.(\d+)", version)
     if not m:
         raise MissingHookError(f"router_plugin: cannot read the LiteLLM version {version!r}; "
-                               "install a supported release (litellm 1.108.7+ below 1.109, or 1.110.x)")
+                               "install a supported release (litellm 1.108.7+ below 1.109, 1.109.3+, or 1.110.2+)")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
@@ -67,26 +67,27 @@ def detect(version: str | None = None) -> Line:
     return Line(version, release)
 
 
-#: capability -> {line key: (hook description, predicate on the router)}. Public unless marked private.
-NEEDS: dict[str, dict[tuple[int, int], tuple[str, Any]]] = {
+#: capability -> {"1.108" | "core" (1.109+): (hook description, predicate on the router)}. Public unless marked private.
+NEEDS: dict[str, dict[str, tuple[str, Any]]] = {
     "routing strategy": {
-        (1, 108): ("Router.set_custom_routing_strategy", lambda r: callable(getattr(r, "set_custom_routing_strategy", None))),
-        (1, 110): ("Router.register_plugin", lambda r: callable(getattr(r, "register_plugin", None))),
+        "1.108": ("Router.set_custom_routing_strategy", lambda r: callable(getattr(r, "set_custom_routing_strategy", None))),
+        "core": ("Router.register_plugin", lambda r: callable(getattr(r, "register_plugin", None))),
     },
     "deployment list": {
-        (1, 108): ("Router.get_model_list / get_model_names", lambda r: callable(getattr(r, "get_model_list", None))),
-        (1, 110): ("Router.registry().deployments / names", lambda r: callable(getattr(r, "registry", None))),
+        "1.108": ("Router.get_model_list / get_model_names", lambda r: callable(getattr(r, "get_model_list", None))),
+        "core": ("Router.registry().deployments / names", lambda r: callable(getattr(r, "registry", None))),
     },
     "settings": {
-        (1, 108): ("Router attributes (disable_cooldowns, num_retries)", lambda r: hasattr(r, "disable_cooldowns")),
-        (1, 110): ("Router.apply(ChangeSet)", lambda r: callable(getattr(r, "apply", None))),
+        "1.108": ("Router attributes (disable_cooldowns, num_retries)", lambda r: hasattr(r, "disable_cooldowns")),
+        "core": ("Router.apply(ChangeSet)", lambda r: callable(getattr(r, "apply", None))),
     },
     # 1.108 ends a stream with no provider finish reason as a synthetic "stop": only LiteLLM's inner wrapper
-    # (reached through a PRIVATE member, the 1.108 LTS line only) tells the two apart. 1.110 raises on its own.
+    # (reached through a PRIVATE member, the 1.108 LTS line only) tells the two apart. 1.109.3 and 1.110.2 raise
+    # on their own (measured: docs/adapter_probes/probe_stream.py).
     "stream finish reason": {
-        (1, 108): ("Router._acompletion_streaming_iterator (private)",
+        "1.108": ("Router._acompletion_streaming_iterator (private)",
                    lambda r: callable(getattr(r, "_acompletion_streaming_iterator", None))),
-        (1, 110): ("not needed: LiteLLM raises APIConnectionError on a stream with no finish reason", lambda r: True),
+        "core": ("not needed: LiteLLM raises APIConnectionError on a stream with no finish reason", lambda r: True),
     },
 }
 
@@ -95,9 +96,9 @@ def check(router: Any, line: Line | None = None, capabilities: tuple[str, ...] |
     """Raise MissingHookError unless ``router`` has every hook the plugin needs on this line."""
     line = line or detect()
     for capability in capabilities or tuple(NEEDS):
-        hook, present = NEEDS[capability][line.key]
+        hook, present = NEEDS[capability]["core" if line.core else "1.108"]
         if not present(router):
             raise MissingHookError(f"router_plugin: LiteLLM {line.version} has no {hook} (needed for the "
                                    f"{capability}); this LiteLLM build is not supported — install litellm "
-                                   "1.108.7+ (<1.109) or 1.110.x")
+                                   "1.108.7+ (<1.109), 1.109.3+ or 1.110.2+")
     return line
