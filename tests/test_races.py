@@ -340,6 +340,33 @@ def test_arrivals_within_the_margin_give_no_simulator_429s(store_kind, delays):
     assert len(steady) == 5, admitted
 
 
+# Admission times (ms after the first) of a fast burst from two service workers: same-millisecond and
+# few-millisecond gaps. The margin's credit cancels the drain exactly in arithmetic, but in doubles the 30th
+# admission read 29.000000000000007 + 1 > 30 and was refused: 29 served out of 30 (test_example_service).
+FAST_BURST_MS = [0, 1, 14, 16, 19, 27, 30, 38, 78, 86, 91, 131, 139, 141, 146, 146, 149, 150, 155, 195, 195, 197,
+                 200, 203, 203, 203, 216, 229, 229, 234, 234, 242, 243, 243, 246]
+
+
+@pytest.mark.parametrize("store_kind", ["lua", "twin"])
+def test_a_fast_burst_gets_the_whole_refill_bucket(store_kind):
+    now = [START_MS]
+    plan = plan_for({"model_name": "c", "litellm_params": {"model": "groq/openai/gpt-oss-20b",
+                                                           "api_key": "burst-key"}}, PlanInputs())
+    if store_kind == "lua":
+        store = SyncQuotaStore(StoreTarget(url="redis://fakeredis"), client=fakeredis.FakeRedis(), arrival_margin_s=2.0)
+    else:
+        store = LocalQuotaStore(arrival_margin_s=2.0, clock_ms=lambda: now[0])
+    admitted = []
+    with mock.patch("time.time", lambda: now[0] / 1000):
+        for offset in FAST_BURST_MS:
+            now[0] = START_MS + offset
+            outcome = store.reserve(plan, 50)
+            if isinstance(outcome, Reservation):
+                admitted.append(offset)
+                assert min(s.remaining for s in outcome.states) >= 0
+    assert len(admitted) == 30, admitted  # gpt-oss-20b: 30 requests/min, all of them in a burst from idle
+
+
 def test_the_model_catches_a_late_burst_overfilling_the_providers_bucket():
     """The delayed-arrival checker must be able to fail: a burst that reaches Groq 250 ms late, then two requests
     that arrive at once, overfill its 4-per-second bucket (what the store admitted before issue 11 item 4)."""

@@ -26,6 +26,10 @@ from ._ops import SyncOperations
 Reply = list
 
 
+#: reserve.lua's EPS: refill levels that cancel exactly in arithmetic may not in floats (29.000000000000007).
+_EPS = 1e-6
+
+
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -165,7 +169,7 @@ def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[An
             checked = level + credit * cap / win
             if cost > cap:
                 until_ms, why = -1, "too large"
-            elif checked + cost > cap:
+            elif checked + cost > cap + _EPS:
                 until_ms, why = now + margin + math.ceil((level + cost - cap) * win / cap), "full"
                 if until_ms <= now:
                     until_ms = now + 1
@@ -181,7 +185,7 @@ def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[An
                 blocked_i, blocked_until, blocked_why = i, until_ms, why
         if left < 0:
             left = 0
-        reply.append(math.floor(left))
+        reply.append(math.floor(left + _EPS))
         reply.append(reset)
 
     if blocked_i is not None:
