@@ -170,8 +170,8 @@ def test_request_litellm_rejects_before_sending_is_refunded_and_not_retried(sim,
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("kw", [{"messages": [{"role": "user", "content": "x" * 600_000}]},
-                                {"max_tokens": 10**12}], ids=["600k-prompt", "max_tokens-1e12"])
+@pytest.mark.parametrize("kw", [{"messages": [{"role": "user", "content": "x" * 1_200_000}]},
+                                {"max_tokens": 10**12}], ids=["1.2M-prompt", "max_tokens-1e12"])
 def test_request_larger_than_every_context_window_is_a_400_naming_the_limit(sim, redis_url, kw):
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url))
     kw = {"max_tokens": 16, **kw}
@@ -179,7 +179,9 @@ def test_request_larger_than_every_context_window_is_a_400_naming_the_limit(sim,
         asyncio.run(call(router, **kw))
     text = str(err.value)
     assert err.value.status_code == 400 and not isinstance(err.value, litellm.RateLimitError)
-    assert "the largest context window in 'free-chat' is 163,840" in text and "request needs ~" in text
+    inst = installed(router)
+    largest = max(inst.plans.plan(d).context_window for d in router.model_list)  # qwen3-coder:free, 262,144
+    assert f"the largest context window in 'free-chat' is {largest:,}" in text and "request needs ~" in text
     assert all(v == 0 for v in counters(redis_url).values())
 
 
@@ -208,7 +210,7 @@ def test_prompt_every_deployment_rejects_as_too_long_is_a_400(sim, redis_url):
 
 @pytest.mark.integration
 def test_request_only_a_quota_blocked_deployment_could_take_stays_a_429(sim, redis_url):
-    # ~140k tokens: too large for every window but OR_A's (163,840); OR_A's pool is spent for this minute.
+    # ~105k tokens: too large for every window but OR_B's (262,144); the OpenRouter pool is spent for this minute.
     config = demo_config(sim.base_url, redis_url=redis_url, limits={"openrouter": {"rpm": 1}})
     router = router_plugin.build_router(config)
     asyncio.run(call(router))
@@ -410,7 +412,7 @@ def test_through_the_proxy_a_bad_request_is_a_400_without_retry_after_and_no_att
                               json={"model": DEMO_GROUP, "max_tokens": 16, **body}, timeout=60)
 
         for body in ({"messages": "hi"}, {"messages": MSG, "max_tokens": "lots"},
-                     {"messages": [{"role": "user", "content": "x" * 600_000}]},
+                     {"messages": [{"role": "user", "content": "x" * 1_200_000}]},
                      {"messages": MSG, "max_tokens": 10**12}):
             reply = post(**body)
             assert reply.status_code == 400, reply.text[:300]
