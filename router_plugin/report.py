@@ -34,6 +34,7 @@ exhausted, when the next request (or token) fits again — not when it is empty.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -186,6 +187,15 @@ def redis_now(store: SyncQuotaStore) -> float:
     return int(seconds) + int(micros) / 1e6
 
 
+def _refill_level(store: SyncQuotaStore, plan: DeploymentPlan, counter: Counter, now_ms: int) -> int:
+    """A refill bucket's drained level at ``now_ms`` (Redis time), rounded up to whole units."""
+    at, held = store.client.hmget(store.keys.counter(plan, counter), "at", "used")
+    if at is None or held is None:
+        return 0
+    level = float(held) - (now_ms - float(at)) * counter.limit.capacity / counter.limit.window_ms
+    return max(0, math.ceil(level - 1e-6))
+
+
 def counter_status(store: SyncQuotaStore, plan: DeploymentPlan, counter: Counter) -> tuple[LimitStatus, float]:
     """One counter as every worker sees it (the reserve script in dry-run mode); also returns Redis' now."""
     single = dataclasses.replace(plan, counters=(counter,))
@@ -198,6 +208,11 @@ def counter_status(store: SyncQuotaStore, plan: DeploymentPlan, counter: Counter
         state = outcome.states[0]
         left = max(0, state.remaining)
         used = limit.capacity - left
+        if limit.kind == "refill":
+            # What the bucket holds, as the provider counts it. ``left`` is what an admission may take now, which
+            # also holds back the arrival margin's credit (a fraction of a request): shown as used it would read
+            # one more than the provider's own count right after a calibration.
+            used = min(used, _refill_level(store, plan, counter, outcome.now_ms))
         resets = state.reset_ms / 1000 if used > 0 and state.reset_ms / 1000 > now else None
         if used > 0 and resets is None and limit.kind == "refill":
             # the bucket has drained, but refill is credited only after the arrival margin: still counted

@@ -289,8 +289,10 @@ def test_documented_proxy_log_config_shows_the_routing_lines(sim, redis_url):
         for h in saved[2]:
             logger.addHandler(h)
     lines = stream.getvalue().splitlines()
+    routed = [line for line in lines if " router_plugin route " in line]  # (the start also logs the overrides)
+    assert len(routed) == 1, lines
     assert re.search(rf" INFO router_plugin pid=\d+ router_plugin route group={DEMO_GROUP} chosen={re.escape(OR_B)} "
-                     r"attempt=1 tokens~\d+ skipped=\[\]$", lines[0]), lines
+                     r"attempt=1 tokens~\d+ skipped=\[\]$", routed[0]), lines
     assert lines[-1].endswith("a careless line with REDACTED in it")
     assert FAKE_OR_KEY not in stream.getvalue()
 
