@@ -114,6 +114,10 @@ class AttemptHooks(CustomLogger):
         state = metadata.get(METADATA_KEY)
         if not isinstance(state, dict) or not state.get("deployment_id"):
             return None
+        if self._timeouts(metadata) is None:
+            # Not a Router installed through the adapter (this entry stays in LiteLLM's process-wide list): the
+            # installer's own attempt wrapper records its failures; a second record would read as two failures.
+            return None
         status = getattr(original_exception, "status_code", None)
         text = " ".join(str(getattr(original_exception, "message", None) or original_exception).split())[:300]
         entry = {"deployment_id": str(state["deployment_id"]), "model": str(state.get("model")),
