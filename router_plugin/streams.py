@@ -121,13 +121,19 @@ def _lenient_sse() -> None:
         log.debug("router_plugin: cannot make the openai SDK's SSE parser lenient: %s", exc)
 
 
+def _skipped(sse: Any) -> bool:
+    """A malformed data event inside a guarded stream: skipped (logged), as a careful client would."""
+    if _LENIENT.get() and getattr(sse, "event", None) is None and _malformed(getattr(sse, "data", None)):
+        log.info("router_plugin: skipped a malformed stream event")
+        return True
+    return False
+
+
 def _skip_malformed_async(original: Any) -> Any:
     async def _iter_events(self):
         async for sse in original(self):
-            if _LENIENT.get() and getattr(sse, "event", None) is None and _malformed(getattr(sse, "data", None)):
-                log.info("router_plugin: skipped a malformed stream event")
-                continue
-            yield sse
+            if not _skipped(sse):
+                yield sse
 
     setattr(_iter_events, _LENIENT_MARK, True)
     return _iter_events
@@ -136,10 +142,8 @@ def _skip_malformed_async(original: Any) -> Any:
 def _skip_malformed(original: Any) -> Any:
     def _iter_events(self):
         for sse in original(self):
-            if _LENIENT.get() and getattr(sse, "event", None) is None and _malformed(getattr(sse, "data", None)):
-                log.info("router_plugin: skipped a malformed stream event")
-                continue
-            yield sse
+            if not _skipped(sse):
+                yield sse
 
     setattr(_iter_events, _LENIENT_MARK, True)
     return _iter_events

@@ -287,6 +287,13 @@ def test_the_model_catches_over_admission():
 # ---- delayed arrivals against the simulator's Groq buckets -----------------------------------------------------
 
 
+def _margin_store(store_kind: str, now: list[int]):
+    """The Lua scripts (in fakeredis, on the test's clock through time.time) or their twin, 2 s arrival margin."""
+    if store_kind == "lua":
+        return SyncQuotaStore(StoreTarget(url="redis://fakeredis"), client=fakeredis.FakeRedis(), arrival_margin_s=2.0)
+    return LocalQuotaStore(arrival_margin_s=2.0, clock_ms=lambda: now[0])
+
+
 def _delayed_arrivals_429s(store_kind: str, delays: str, seconds: float = 24.0) -> tuple[int, list[int]]:
     """Issue 11 item 4, in virtual time: the real Groq plan (gpt-oss-20b: 30 rpm) with the default 2 s margin;
     a burst of 30, then a client asks every 50 ms; every admitted request reaches the simulator's Groq buckets
@@ -298,10 +305,7 @@ def _delayed_arrivals_429s(store_kind: str, delays: str, seconds: float = 24.0) 
     now = [START_MS]
     plan = plan_for({"model_name": "c", "litellm_params": {"model": "groq/openai/gpt-oss-20b",
                                                            "api_key": "delay-key"}}, PlanInputs())
-    if store_kind == "lua":
-        store = SyncQuotaStore(StoreTarget(url="redis://fakeredis"), client=fakeredis.FakeRedis(), arrival_margin_s=2.0)
-    else:
-        store = LocalQuotaStore(arrival_margin_s=2.0, clock_ms=lambda: now[0])
+    store = _margin_store(store_kind, now)
     groq = GroqLimits(GROQ_MODELS["openai/gpt-oss-20b"].caps)
     rng = random.Random(11)
     arrivals: list[int] = []
@@ -352,10 +356,7 @@ def test_a_fast_burst_gets_the_whole_refill_bucket(store_kind):
     now = [START_MS]
     plan = plan_for({"model_name": "c", "litellm_params": {"model": "groq/openai/gpt-oss-20b",
                                                            "api_key": "burst-key"}}, PlanInputs())
-    if store_kind == "lua":
-        store = SyncQuotaStore(StoreTarget(url="redis://fakeredis"), client=fakeredis.FakeRedis(), arrival_margin_s=2.0)
-    else:
-        store = LocalQuotaStore(arrival_margin_s=2.0, clock_ms=lambda: now[0])
+    store = _margin_store(store_kind, now)
     admitted = []
     with mock.patch("time.time", lambda: now[0] / 1000):
         for offset in FAST_BURST_MS:
