@@ -4,7 +4,7 @@
     router-plugin check F                                 every problem of a config, with its key and a fix
     router-plugin models [--config F] [--write FILE]      the live free roster; which deployments are gone
     router-plugin key [--config F]                        the OpenRouter tier and today's count; sync the counter
-    router-plugin demo                                    a burst from several workers (simulator + embedded Redis)
+    router-plugin demo                                    a burst from several workers (simulator + embedded Valkey)
 
 None of them spends a completion request: they read the shared store and the providers' free endpoints only.
 Exit codes: 0 fine; 1 the answer is bad news (check found errors, models found configured deployments gone);
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", formatter_class=fmt, help="run a burst through the chain against the offline simulator",
-        description=_wrap("Start the provider simulator and the embedded Redis, send a burst of requests from several "
+        description=_wrap("Start the provider simulator and the embedded Valkey, send a burst of requests from several "
                     "worker processes through two OpenRouter :free models and two Groq models, and show which "
                     "deployment served each request, the fallbacks taken, the refusals and the quota left."),
         epilog=_wrap("Watch it from another terminal:\n"
@@ -529,7 +529,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.write_config:
             Path(args.write_config).write_text(yaml.safe_dump(config, sort_keys=False))
             say(f"config written to {args.write_config} (router-plugin status --config {args.write_config} --watch)")
-        say(f"simulator: {sim.base_url}   quota store: {args.redis_url or 'embedded Redis in ' + str(workdir)}")
+        say(f"simulator: {sim.base_url}   quota store: {args.redis_url or 'embedded Valkey in ' + str(workdir)}")
         say(f"chain 'free-chat': {' -> '.join(DEMO_CHAIN)}")
         say(f"burst: {args.workers} worker processes x {args.requests} requests, all at once\n")
         result = run_burst(config, args.workers, args.requests, min_minute_left_s=20)

@@ -443,7 +443,7 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         name = raw_url[len(ENV_PREFIX):]
         raise ConfigError(where, k + "redis_url", f"environment variable {name} is not set",
                           f"{_set_it(name, 'redis://host:6379/0')}; without it every host would keep its "
-                          "own counters (remove redis_url to use the embedded Redis on purpose)")
+                          "own counters (remove redis_url to use the embedded store on purpose)")
     redis_url = resolve_env(raw_url, where, k + "redis_url")
     if redis_url is not None and not isinstance(redis_url, str):
         raise ConfigError(where, k + "redis_url", f"must be a string like redis://host:6379/0, got {_shown(redis_url)}")

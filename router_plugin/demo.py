@@ -1,6 +1,6 @@
 """A burst of requests from several worker processes through one chain, and what happened to each.
 
-Used by ``router-plugin demo`` (simulator + embedded Redis, no API keys) and by the multi-process tests.
+Used by ``router-plugin demo`` (simulator + embedded Valkey, no API keys) and by the multi-process tests.
 Each worker is a separate process that builds its own Router with ``build_router`` — exactly what a
 gunicorn/uvicorn/Celery worker does — and all of them share one Redis.
 """

@@ -271,7 +271,7 @@ def resolve_target(redis_url: str | None, embedded_path: str | os.PathLike | Non
             raise StoreError("redis_cluster: true needs a redis:// or rediss:// redis_url naming one cluster node")
         return StoreTarget(url=redis_url, timeout_s=timeout_s, cluster=cluster)
     if cluster:
-        raise StoreError("redis_cluster: true needs router_plugin.redis_url (the embedded Redis is a single node)")
+        raise StoreError("redis_cluster: true needs router_plugin.redis_url (the embedded store is a single node)")
     return StoreTarget(embedded_path=Path(embedded_path or DEFAULT_EMBEDDED_PATH).expanduser(), timeout_s=timeout_s)
 
 
