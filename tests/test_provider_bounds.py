@@ -44,20 +44,25 @@ class WeekAheadServer(GarbageServer):
     KINDS = {"week-ahead": _minute_429_a_week_ahead(), "groq-two-days": _groq_rpm_429_two_days()}
 
 
+def _one_failed_request(server, config, redis_url, caplog):
+    """One request against the hostile upstream, its failure recorded: (store, plan, what the store now says)."""
+    router = router_plugin.build_router(config)
+    with caplog.at_level(logging.WARNING, logger="router_plugin"):
+        outcome, _ = asyncio.run(asyncio.wait_for(_ask_and_let_callbacks_run(router), 60))
+    assert isinstance(outcome, Exception) and server.hits >= 1
+    inst = router_plugin.installer.installed(router)
+    plan = inst.plans.plan(router.model_list[0])
+    store = SyncQuotaStore(StoreTarget(url=redis_url), inst.settings.key_prefix)
+    return store, plan, store.peek(plan)
+
+
 def test_a_minute_429_with_a_reset_a_week_ahead_blocks_the_pool_two_minutes_at_most(redis_url, caplog):
     server = WeekAheadServer("week-ahead")
     try:
         config = demo_config(server.base, redis_url=redis_url, chain=(OR_A,))
         config["model_list"][0]["litellm_params"].update(api_base=server.base.replace("/openai/v1", "/api/v1"),
                                                          max_retries=0)
-        router = router_plugin.build_router(config)
-        with caplog.at_level(logging.WARNING, logger="router_plugin"):
-            outcome, _ = asyncio.run(asyncio.wait_for(_ask_and_let_callbacks_run(router), 60))
-        assert isinstance(outcome, Exception) and server.hits >= 1
-        inst = router_plugin.installer.installed(router)
-        plan = inst.plans.plan(router.model_list[0])
-        store = SyncQuotaStore(StoreTarget(url=redis_url), inst.settings.key_prefix)
-        blocked = store.peek(plan)
+        store, plan, blocked = _one_failed_request(server, config, redis_url, caplog)
         assert isinstance(blocked, Blocked) and blocked.counter.key == "minute", blocked
         # blocked, but no later than the end of the next clock minute (not for 168 h)
         assert blocked.until_ms <= ((blocked.now_ms // 60_000) + 2) * 60_000, (blocked.until_ms - blocked.now_ms)
@@ -76,14 +81,7 @@ def test_groq_try_again_in_two_days_blocks_requests_per_minute_for_a_minute_at_m
     try:
         config = demo_config(server.base, redis_url=redis_url, chain=(GQ_A,))
         config["model_list"][0]["litellm_params"].update(max_retries=0)
-        router = router_plugin.build_router(config)
-        with caplog.at_level(logging.WARNING, logger="router_plugin"):
-            outcome, _ = asyncio.run(asyncio.wait_for(_ask_and_let_callbacks_run(router), 60))
-        assert isinstance(outcome, Exception) and server.hits >= 1
-        inst = router_plugin.installer.installed(router)
-        plan = inst.plans.plan(router.model_list[0])
-        store = SyncQuotaStore(StoreTarget(url=redis_url), inst.settings.key_prefix)
-        blocked = store.peek(plan)
+        store, plan, blocked = _one_failed_request(server, config, redis_url, caplog)
         assert isinstance(blocked, Blocked) and blocked.counter.key == "rpm", blocked
         assert blocked.until_ms - blocked.now_ms <= 60_000  # Groq's rpm bucket refills within 60 s, not 48 h
         said = [r.getMessage() for r in caplog.records if "Groq said requests per minute frees in" in r.getMessage()]
