@@ -438,25 +438,24 @@ class _Request:
 
     def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError | ChainFailedError:
         if not blocked and any(s.failed for s in self.skipped):  # nothing is out of quota: providers failed
-            reasons = [f"{s.plan.model}: {s.why}" for s in self.skipped]
-            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model,
-                     scrub("; ".join(reasons)))
+            said = scrub("; ".join(f"{s.plan.model}: {s.why}" for s in self.skipped))
+            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, said)
             self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
-            return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: "
-                                                + "; ".join(reasons))
+            return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: {said}")
         reasons = _describe_blocked(blocked) + [f"{s.plan.model}: {s.why}" for s in self.skipped]
+        said = scrub("; ".join(reasons))  # one scrubbed text for the log line and the error
         waits = [b.wait_s for b in blocked if not b.never]
         retry_after = min(waits) if waits else None
         if blocked and all(b.counter is None and not b.never for b in blocked):
             # No quota reason at all: every deployment is set aside after failures (its own or other workers'):
             # an outage (503), not a quota refusal; come back when the first cooldown ends.
-            log.info("router_plugin chain cooling down group=%s reasons=[%s]", self.model, "; ".join(reasons))
+            log.info("router_plugin chain cooling down group=%s reasons=[%s]", self.model, said)
             self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped],
                                          retry_after)
             return ChainFailedError(self.model, f"every deployment of '{self.model}' is cooling down after "
-                                                f"failures: " + "; ".join(reasons), retry_after)
-        message = f"no deployment of '{self.model}' can take this request now: " + "; ".join(reasons or ["no candidates"])
-        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, scrub("; ".join(reasons)))
+                                                f"failures: {said}", retry_after)
+        message = f"no deployment of '{self.model}' can take this request now: " + (said or "no candidates")
+        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, said)
         self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], retry_after)
         return QuotaExhaustedError(self.model, message, retry_after)
 
