@@ -115,7 +115,7 @@ class Worker:
     def store_stats(self) -> dict | None:
         """The plugin's quota-store health in this worker (None for stock routers): how often it took Redis for
         unreachable and served from its fail_open share instead — the one way the plugin can over-admit."""
-        from router_plugin.installer import installed
+        from router_plugin.adapter.installer import installed
 
         inst = installed(self.router) if self.router is not None else None
         guard = getattr(getattr(inst, "store", None), "guard", None)
@@ -161,7 +161,7 @@ def build_router(spec: dict):
 
 
 async def close_router(router) -> None:
-    from router_plugin.installer import installed
+    from router_plugin.adapter.installer import installed
 
     inst = installed(router)
     if inst is not None:

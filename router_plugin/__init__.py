@@ -32,15 +32,15 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy: importing litellm takes seconds; `router_plugin.config` and the simulator should not pay for it.
     if name in ("build_router", "install"):
-        from . import installer as _install
+        from .adapter import installer as _install
 
         return getattr(_install, name)
     if name == "QuotaExhaustedError":
-        from .strategy import QuotaExhaustedError
+        from .adapter.strategy import QuotaExhaustedError
 
         return QuotaExhaustedError
     if name == "proxy_handler":
-        from .proxy import proxy_handler
+        from .adapter.proxy import proxy_handler
 
         return proxy_handler
     raise AttributeError(f"module 'router_plugin' has no attribute {name!r}")

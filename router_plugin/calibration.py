@@ -386,7 +386,7 @@ class Calibrator(Observer):
 def _installed(router: Any) -> Any:
     if router is None:
         return None
-    from .installer import installed
+    from .adapter.installer import installed
 
     return installed(router)
 

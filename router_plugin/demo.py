@@ -138,7 +138,7 @@ def _worker(config, index, count, group, max_tokens, stream, barriers, queue):  
         logging.getLogger("router_plugin").setLevel(logging.ERROR)
         import litellm
 
-        from .installer import build_router
+        from .adapter.installer import build_router
 
         litellm.suppress_debug_info = True
         router = build_router(config)

@@ -5,7 +5,7 @@
      +-- StoreError           the quota store (Redis) cannot be reached or answered nonsense
 
 Requests refused because no deployment has quota left raise ``QuotaExhaustedError`` (see
-``router_plugin.strategy``), a ``litellm.RateLimitError`` so that LiteLLM and the proxy map it to HTTP 429.
+``router_plugin.adapter.strategy``), a ``litellm.RateLimitError`` so that LiteLLM and the proxy map it to HTTP 429.
 """
 
 from __future__ import annotations

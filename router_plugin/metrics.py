@@ -218,7 +218,7 @@ class QuotaCollector:
         return store
 
     def collect(self) -> Iterator:
-        from .installer import installed
+        from .adapter.installer import installed
         from .report import take_snapshot
 
         remaining, limit, resets, available, up = self._families()
@@ -315,7 +315,7 @@ def serve(port: int, addr: str = "127.0.0.1") -> Any | None:
 def enable(router: Any, port: int | None = None, addr: str = "127.0.0.1") -> MetricsObserver:
     """Count this router's requests, fallbacks, refusals, provider 429s and reservation latency, and report its
     pools' quota at scrape time; with ``port``, also serve ``/metrics``. Idempotent per router."""
-    from .installer import installed
+    from .adapter.installer import installed
 
     inst = installed(router)
     if inst is None:
@@ -334,7 +334,7 @@ def enable(router: Any, port: int | None = None, addr: str = "127.0.0.1") -> Met
 def disable(router: Any) -> None:
     """Stop counting ``router``'s requests and reporting its pools (a router you are done with: LiteLLM itself
     keeps every Router alive, so a dropped one would otherwise stay on ``/metrics``)."""
-    from .installer import installed
+    from .adapter.installer import installed
 
     inst = installed(router)
     if inst is not None:

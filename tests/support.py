@@ -4,7 +4,7 @@ that records what a Router's plugin reported (routes, failures, completions; see
 from __future__ import annotations
 
 from router_plugin.events import Observer
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from router_plugin.sim.wire import reply_pieces
 
 

@@ -12,7 +12,7 @@ import router_plugin
 from router_plugin import roster
 from router_plugin.calibration import Calibrator
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from router_plugin.report import open_store, take_snapshot
 from router_plugin.sim.catalog import OPENROUTER_MODELS
 from tests.support import bare

@@ -15,7 +15,7 @@ import pytest
 import router_plugin
 from router_plugin.calibration import calibrator_of
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from tests.support import bare, sent
 
 pytestmark = pytest.mark.integration

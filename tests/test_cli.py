@@ -410,7 +410,7 @@ def test_models_write_gives_a_roster_the_config_can_use(sim, redis_url, tmp_path
     config["router_plugin"]["limits"] = doc["router_plugin"]["limits"]
     loaded = load_config(config)
     router = router_plugin.build_router(config)
-    from router_plugin.installer import installed
+    from router_plugin.adapter.installer import installed
 
     assert loaded.settings.limits[OR_A].context == 65536
     assert installed(router).plans.plan(router.model_list[0]).context_window == 65536

@@ -194,7 +194,7 @@ def test_async_store_on_the_cluster(cluster):
 def test_a_router_with_redis_cluster_true(cluster, sim):
     config = demo_config(sim.base_url, redis_url=url_of(cluster[2]), redis_cluster=True, key_prefix="router:")
     router = router_plugin.build_router(config)
-    inst = router_plugin.installer.installed(router)
+    inst = router_plugin.adapter.installer.installed(router)
 
     async def run():
         metadata: dict = {}

@@ -9,7 +9,7 @@ import pytest
 
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from router_plugin.report import open_store, take_snapshot
 from tests.support import bare
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import router_plugin
 from router_plugin import metrics
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from tests.fake_keys import groq_key, openrouter_key
 from tests.servers import free_port
 from tests.support import bare

@@ -50,7 +50,7 @@ def _one_failed_request(server, config, redis_url, caplog):
     with caplog.at_level(logging.WARNING, logger="router_plugin"):
         outcome, _ = asyncio.run(asyncio.wait_for(_ask_and_let_callbacks_run(router), 60))
     assert isinstance(outcome, Exception) and server.hits >= 1
-    inst = router_plugin.installer.installed(router)
+    inst = router_plugin.adapter.installer.installed(router)
     plan = inst.plans.plan(router.model_list[0])
     store = SyncQuotaStore(StoreTarget(url=redis_url), inst.settings.key_prefix)
     return store, plan, store.peek(plan)

@@ -344,7 +344,7 @@ def _rate_limit_error(provider: str, message: str, headers: dict | None) -> Exce
 
 
 def test_headers_name_the_deployment_the_attempts_and_the_pool_left():
-    from router_plugin.proxy import response_headers
+    from router_plugin.adapter.proxy import response_headers
 
     openrouter = {"model": OR_B, "attempts": 2, "remaining": {"minute": 17, "day": 44}}
     assert response_headers(openrouter) == {
@@ -359,7 +359,7 @@ def test_headers_name_the_deployment_the_attempts_and_the_pool_left():
 
 
 def test_an_upstream_429_reaches_the_client_with_retry_after():
-    from router_plugin.proxy import ProxyHandler
+    from router_plugin.adapter.proxy import ProxyHandler
 
     handler = ProxyHandler()
     data = {"metadata": {"router_plugin": {"model": GQ_B, "attempts": 4, "remaining": {"rpm": 0, "rpd": 990}}}}
@@ -383,8 +383,8 @@ def test_an_upstream_429_reaches_the_client_with_retry_after():
 def test_the_plugins_refusal_keeps_its_retry_after_and_other_errors_are_left_alone():
     import litellm
 
-    from router_plugin.proxy import ProxyHandler
-    from router_plugin.strategy import QuotaExhaustedError
+    from router_plugin.adapter.proxy import ProxyHandler
+    from router_plugin.adapter.strategy import QuotaExhaustedError
 
     handler = ProxyHandler()
     refusal = QuotaExhaustedError(GROUP, "nothing left", 12.2)
@@ -402,7 +402,7 @@ def test_the_handler_forwards_log_events_to_the_plugin_it_installed(monkeypatch,
 
     import router_plugin
     from router_plugin.demo import demo_config
-    from router_plugin.proxy import ProxyHandler
+    from router_plugin.adapter.proxy import ProxyHandler
 
     monkeypatch.setattr(litellm, "callbacks", [])
     config = demo_config(sim.base_url, redis_url=redis_url)
@@ -410,7 +410,7 @@ def test_the_handler_forwards_log_events_to_the_plugin_it_installed(monkeypatch,
     handler = ProxyHandler(settings=router_plugin.load_config(config).settings)
     installed = handler.ensure_installed(router)
     assert installed is router.__dict__["_router_plugin"]
-    from router_plugin.callbacks import DISPATCH
+    from router_plugin.adapter.callbacks import DISPATCH
 
     assert installed.callbacks not in litellm.callbacks  # only the handler delivers events
     assert DISPATCH not in litellm.callbacks
@@ -436,7 +436,7 @@ def test_the_handler_reads_the_config_the_proxy_loaded(monkeypatch, tmp_path):
     from litellm.proxy import proxy_server
 
     from router_plugin.errors import ConfigError
-    from router_plugin.proxy import ProxyHandler, find_config_path
+    from router_plugin.adapter.proxy import ProxyHandler, find_config_path
 
     for name in ("ROUTER_PLUGIN_CONFIG", "WORKER_CONFIG", "CONFIG_FILE_PATH"):
         monkeypatch.delenv(name, raising=False)

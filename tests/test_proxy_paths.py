@@ -274,7 +274,7 @@ def test_health_checks_are_answered_from_the_shared_counters_without_an_upstream
 
     import router_plugin
     from router_plugin.demo import DEMO_CHAIN
-    from router_plugin.proxy import ProxyHandler, guard_health_checks, health_from_store
+    from router_plugin.adapter.proxy import ProxyHandler, guard_health_checks, health_from_store
 
     original = litellm.ahealth_check
     path = _demo(tmp_path, sim, redis_url)
@@ -363,8 +363,8 @@ def test_the_quick_start_runs_the_proxy_the_way_the_tests_and_the_image_do():
 
 def test_x_should_retry_false_only_when_the_wait_is_longer_than_the_operators_bound():
     from router_plugin.config import Settings
-    from router_plugin.proxy import ProxyHandler
-    from router_plugin.strategy import ChainFailedError, QuotaExhaustedError
+    from router_plugin.adapter.proxy import ProxyHandler
+    from router_plugin.adapter.strategy import ChainFailedError, QuotaExhaustedError
 
     def sent(handler, exc):
         data: dict = {}

@@ -278,7 +278,7 @@ def _outage_worker(config, index, barrier, queue, seconds):  # runs in a child p
 
 
 async def _paced(router, index, seconds, records):
-    from router_plugin.installer import installed
+    from router_plugin.adapter.installer import installed
 
     stop = time.time() + seconds
     outcomes: list = []
@@ -480,7 +480,7 @@ def test_provider_waits_are_counted_from_redis_time_not_the_workers_clock(redis_
     from router_plugin.store import KeySpace
 
     router = router_plugin.build_router(demo_config("http://127.0.0.1:9", redis_url=redis_url))
-    inst = router_plugin.installer.installed(router)
+    inst = router_plugin.adapter.installer.installed(router)
     plans = {p.model: p for p in (inst.plans.plan(d) for d in router.model_list)}
     groq, openrouter = plans[DEMO_CHAIN[2]], plans[DEMO_CHAIN[0]]
     shifted = time.time() + 7 * 60  # the worker's wrong clock
@@ -580,7 +580,7 @@ async def _ask_and_let_callbacks_run(router, **kwargs):
 
 def _accounting(url: str, router):
     """(requests counted, tokens held) per deployment, as stored in Redis."""
-    inst = router_plugin.installer.installed(router)
+    inst = router_plugin.adapter.installer.installed(router)
     plans = [inst.plans.plan(d) for d in router.model_list]
     return [(round(raw_used(url, p, "rpm")), raw_used(url, p, "tpm")) for p in plans]
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from tests.fake_keys import groq_key, openrouter_key
 from tests.support import sent
 

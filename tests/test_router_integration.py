@@ -11,7 +11,7 @@ import pytest
 
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from tests.support import bare, sent
 
 pytestmark = pytest.mark.integration
@@ -214,7 +214,7 @@ def test_many_routers_share_one_callback_entry_and_each_gets_its_own_events(sim,
     LiteLLM itself keeps every Router alive; the plugin adds nothing per Router.)"""
     from litellm.constants import MAX_CALLBACKS
 
-    from router_plugin.callbacks import DISPATCH
+    from router_plugin.adapter.callbacks import DISPATCH
     from router_plugin.events import Observer
 
     config = demo_config(sim.base_url, redis_url=redis_url)

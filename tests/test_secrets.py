@@ -160,7 +160,7 @@ def test_keys_never_leak_anywhere(sim, all_logs, tmp_path, monkeypatch, capfd, s
     metadata_seen: list[str] = []
     try:
         router = router_plugin.build_router(str(path))
-        inst = router_plugin.installer.installed(router)
+        inst = router_plugin.adapter.installer.installed(router)
         observer = Everything()
         inst.events.add(observer)
 

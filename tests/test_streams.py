@@ -16,9 +16,9 @@ import pytest
 
 import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.installer import installed
+from router_plugin.adapter.installer import installed
 from router_plugin.sim.wire import reply_pieces
-from router_plugin.streams import StreamInterruptedError
+from router_plugin.adapter.streams import StreamInterruptedError
 from tests.support import FAST, bare, half, observe, sent, whole
 
 pytestmark = pytest.mark.integration

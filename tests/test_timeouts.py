@@ -15,9 +15,9 @@ import pytest
 import router_plugin
 from router_plugin import circuit
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
-from router_plugin.installer import installed
-from router_plugin.strategy import ChainFailedError
-from router_plugin.timeouts import BudgetExceededError
+from router_plugin.adapter.installer import installed
+from router_plugin.adapter.strategy import ChainFailedError
+from router_plugin.adapter.timeouts import BudgetExceededError
 from tests.support import FAST, bare, observe, sent, whole
 
 pytestmark = pytest.mark.integration

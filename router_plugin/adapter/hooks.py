@@ -24,8 +24,8 @@ from litellm.router import CustomRoutingStrategyBase
 
 from ..config import Timeouts
 from ..errors import RouterPluginError
-from ..strategy import METADATA_KEY
-from ..timeouts import FAILED_KEY, BudgetExceededError, _tried, remaining_s, request_metadata, transport_timeout
+from .strategy import METADATA_KEY
+from .timeouts import FAILED_KEY, BudgetExceededError, _tried, remaining_s, request_metadata, transport_timeout
 
 _NO_RETRY = (RouterPluginError, BudgetExceededError)
 

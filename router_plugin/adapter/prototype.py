@@ -18,14 +18,14 @@ from .. import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litell
 import litellm
 from litellm.router import RetryPolicy
 
-from .. import streams as _streams
+from . import streams as _streams
 from .._plans import PlanBook
-from ..callbacks import DISPATCH, QuotaCallbacks
+from .callbacks import DISPATCH, QuotaCallbacks
 from ..config import PluginConfig, Settings, load_config, parse_settings
 from ..events import Events
-from ..installer import Installed, _router_settings
+from .installer import Installed, _router_settings
 from ..store import open_stores, resolve_target
-from ..strategy import QuotaRouting
+from .strategy import QuotaRouting
 from . import router_api
 from .hooks import ATTEMPT_HOOKS, GuardedStrategy
 from .line import Line, check, detect

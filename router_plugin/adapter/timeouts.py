@@ -41,9 +41,9 @@ import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from .config import Timeouts
-from .providers.facts import Fact, ServerError
-from .redact import scrub
+from ..config import Timeouts
+from ..providers.facts import Fact, ServerError
+from ..redact import scrub
 
 log = logging.getLogger("router_plugin")
 

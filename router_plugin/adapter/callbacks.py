@@ -38,13 +38,13 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import providers
-from ._plans import PlanBook
-from .circuit import close_circuit
-from .config import Settings
-from .events import Events
-from .limits import DeploymentPlan
-from .providers.facts import (
+from .. import providers
+from .._plans import PlanBook
+from ..circuit import close_circuit
+from ..config import Settings
+from ..events import Events
+from ..limits import DeploymentPlan
+from ..providers.facts import (
     CreditsExhausted,
     Exhausted,
     Fact,
@@ -54,8 +54,8 @@ from .providers.facts import (
     ServerError,
     Unknown,
 )
-from .redact import scrub
-from .store import QuotaStore, Reservation
+from ..redact import scrub
+from ..store import QuotaStore, Reservation
 from .strategy import METADATA_KEY
 from .timeouts import FAILED_KEY
 

@@ -31,12 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
+from .. import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import providers
-from .config import Settings, load_config
-from .errors import ConfigError
+from .. import providers
+from ..config import Settings, load_config
+from ..errors import ConfigError
 from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
 
 log = logging.getLogger("router_plugin")

@@ -26,10 +26,10 @@ import time
 import types
 from typing import Any
 
-from . import providers
-from .errors import RouterPluginError
-from .providers.facts import Rejected
-from .redact import scrub
+from .. import providers
+from ..errors import RouterPluginError
+from ..providers.facts import Rejected
+from ..redact import scrub
 from .strategy import ChainFailedError, QuotaExhaustedError, RequestRejectedError
 from .timeouts import BudgetExceededError
 

@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
+from .. import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
 import litellm
 
-from ._plans import PlanBook
+from .._plans import PlanBook
 from .callbacks import DISPATCH, QuotaCallbacks
-from .config import PluginConfig, Settings, litellm_overrides, load_config, parse_settings
-from .events import Events
+from ..config import PluginConfig, Settings, litellm_overrides, load_config, parse_settings
+from ..events import Events
 from .retry import install_retry_policy
-from .store import QuotaStore, SyncQuotaStore, open_stores, resolve_target
+from ..store import QuotaStore, SyncQuotaStore, open_stores, resolve_target
 from .strategy import QuotaRouting
 from .streams import install_stream_guard
 
@@ -114,14 +114,14 @@ def _log_changes(router: litellm.Router, settings: Settings) -> None:
 def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:
     """Opt-in from the settings: background calibration (starts lazily in the event loop) and metrics."""
     if inst.settings.calibration.interval_s > 0:
-        from .calibration import Calibrator
+        from ..calibration import Calibrator
 
         calibrator = Calibrator(router, inst.settings.calibration.interval_s)
         inst.events.add(calibrator)
         inst.strategy.ready = calibrator.ensure_ready  # before the first admission: one fleet-wide refresh
         inst.store.on_empty(calibrator.store_came_back_empty)  # Redis came back empty: refresh before admitting
     if inst.settings.metrics.enabled:
-        from . import metrics
+        from .. import metrics
 
         metrics.enable(router, port=inst.settings.metrics.port, addr=inst.settings.metrics.host)
 

@@ -51,10 +51,10 @@ from typing import Any
 import litellm
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
-from . import prefill
-from .prefill import CONTINUE_INSTRUCTION
-from .providers.facts import Fact, ServerError
-from .redact import scrub
+from .. import prefill
+from ..prefill import CONTINUE_INSTRUCTION
+from ..providers.facts import Fact, ServerError
+from ..redact import scrub
 from .strategy import EXCLUDE_KEY, METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from .timeouts import DEADLINE_KEY, FAILED_KEY, BudgetExceededError, install_attempt_limits, request_metadata
 

@@ -35,14 +35,14 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import CustomRoutingStrategyBase
 
-from ._format import human_duration
-from ._plans import PlanBook
-from .config import Settings
-from .events import Events
-from .limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
-from .redact import remember, scrub
-from .request_shape import problem as shape_problem
-from .store import Blocked, QuotaStore, Reservation, SyncQuotaStore
+from .._format import human_duration
+from .._plans import PlanBook
+from ..config import Settings
+from ..events import Events
+from ..limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
+from ..redact import remember, scrub
+from ..request_shape import problem as shape_problem
+from ..store import Blocked, QuotaStore, Reservation, SyncQuotaStore
 from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
 
 log = logging.getLogger("router_plugin")
@@ -209,7 +209,7 @@ class QuotaRouting(CustomRoutingStrategyBase):
         self.owner = owner  # marks this router's reservations so other routers' callbacks leave them alone
         _register_sent_signal()
         try:  # the configured keys are scrubbed from every text the plugin writes (redact.py)
-            from ._plans import effective_api_key
+            from .._plans import effective_api_key
             remember(effective_api_key(d.get("litellm_params") or {}) for d in (router.model_list or ()))
         except Exception:  # pragma: no cover - a model list LiteLLM itself would refuse
             pass
