@@ -267,3 +267,50 @@ def test_a_walk_past_three_full_deployments_costs_one_store_call(sim, redis_url,
     with pytest.raises(Exception) as refused:
         router.get_available_deployment(model=DEMO_GROUP, messages=msg, request_kwargs={"metadata": {}})
     assert "exhausted (test) until" in str(refused.value) and _script_calls(client) == 1  # refusal: one call too
+
+
+@pytest.mark.integration
+def test_an_asks_extra_counters_gate_the_walk_and_travel_in_the_request_state(sim, redis_url):
+    """``self.admission.ask`` is what the walk reserves (here an extra counter of 1); the walk keeps the Ask's extra
+    counters in the request state as plain values, so the callbacks settle and refund them with the plan's."""
+    import asyncio
+
+    import router_plugin
+    from router_plugin.adapter.installer import installed
+    from router_plugin.adapter.strategy import QuotaRouting
+    from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
+
+    share = fixed("share:test", 1, 600)
+
+    class OneShare:
+        def ask(self, plan, tokens, metadata=None, now_s=None):
+            return Ask(plan, tokens, extra=(share,) if plan.metered else ())
+
+    router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(DEMO_CHAIN[2],),
+                                                    calibration={"interval_s": 0}))
+    inst = installed(router)
+    strategy = next(v for v in vars(inst).values() if isinstance(v, QuotaRouting))
+    strategy.admission = OneShare()
+    msg = [{"role": "user", "content": "hi"}]
+
+    async def twice():
+        first = await router.acompletion(model=DEMO_GROUP, messages=msg, max_tokens=8)
+        with pytest.raises(router_plugin.QuotaExhaustedError) as refused:  # the share (1) is spent
+            await router.acompletion(model=DEMO_GROUP, messages=msg, max_tokens=8)
+        return first, refused.value
+
+    first, refused = asyncio.run(twice())
+    assert "share:test limit" in str(refused)
+    plan = inst.plans.plan(router.model_list[0])
+    granted = inst.sync_store.reserve_first([Ask(plan, 8, extra=(share,))])
+    assert isinstance(granted, list)  # still held: the served request counts on the share
+    from router_plugin.adapter.callbacks import _reservation
+
+    state = {"metered": True, "tokens": 8, "reserved_at_ms": 0, "extra": _codec_plain(share)}
+    assert _reservation(plan, state).extra == (share,)
+
+
+def _codec_plain(counter):
+    from router_plugin.store import _codec
+
+    return _codec.extra_to_plain([counter])
