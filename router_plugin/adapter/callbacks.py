@@ -55,7 +55,7 @@ from ..providers.facts import (
     Unknown,
 )
 from ..redact import scrub
-from ..store import QuotaStore, Reservation, _codec
+from ..store import QuotaStore, Reservation
 from .strategy import METADATA_KEY
 from .timeouts import FAILED_KEY
 
@@ -339,8 +339,7 @@ def _in_stream(fact: Fact) -> Fact:
 def _reservation(plan: DeploymentPlan, state: Mapping[str, Any]) -> Reservation | None:
     if not state.get("metered"):
         return None
-    extra = _codec.extra_from_plain(state["extra"]) if state.get("extra") else ()  # an Ask's extra counters
-    return Reservation(plan, int(state.get("tokens", 0)), int(state.get("reserved_at_ms", 0)), extra=extra)
+    return Reservation(plan, int(state.get("tokens", 0)), int(state.get("reserved_at_ms", 0)))
 
 
 def _total_tokens(response_obj: Any, fallback: int) -> int:

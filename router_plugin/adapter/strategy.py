@@ -43,7 +43,7 @@ from ..request_shape import problem as shape_problem
 from ..routing import RETRY_AFTER_BOUND_S, UNSENT_KEY, Skip  # noqa: F401  (re-exported: the walk's names)
 from ..routing import describe_blocked as _describe_blocked  # noqa: F401
 from ..routing import short as _short
-from ..store import Ask, Blocked, QuotaStore, Reservation, SyncQuotaStore, _codec
+from ..store import Ask, Blocked, QuotaStore, Reservation, SyncQuotaStore
 from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
 
 log = logging.getLogger("router_plugin")
@@ -310,8 +310,6 @@ class _Request:
             strikes=reservation.strikes if reservation else strikes,
             sent=False,  # set by SentSignal when LiteLLM hands the attempt to the provider
         )
-        if reservation is not None and reservation.extra:  # the Ask's extra counters: settled and refunded too
-            state["extra"] = _codec.extra_to_plain(reservation.extra)
         skipped = [(s.plan.model, s.why) for s in self.skipped]
         if log.isEnabledFor(logging.INFO):
             log.info("router_plugin route group=%s chosen=%s attempt=%d tokens~%d skipped=[%s]",

@@ -264,24 +264,6 @@ def adjust_args(ops: Iterable[tuple[Counter, str, float, int]]) -> list:
     return args
 
 
-def extra_to_plain(counters: Iterable[Counter]) -> list[list]:
-    """A reservation's extra counters as plain values (request metadata is copied and serialised)."""
-    return [[c.key, c.limit.name, c.limit.capacity, c.limit.window_s, c.limit.kind, c.limit.unit, c.label]
-            for c in counters]
-
-
-def extra_from_plain(values: object) -> tuple[Counter, ...]:
-    """The counters ``extra_to_plain`` wrote; anything malformed is left out."""
-    out = []
-    for v in values if isinstance(values, (list, tuple)) else ():
-        try:
-            key, name, cap, window_s, kind, unit, label = v
-            out.append(Counter(str(key), Limit(str(name), int(cap), int(window_s), kind, unit), str(label)))
-        except (TypeError, ValueError):
-            continue
-    return tuple(out)
-
-
 def adjust_call(keys: "KeySpace", items: Iterable) -> tuple[list[str], list]:
     """KEYS and ARGV of one adjust.lua call carrying every deferred item (``batch.Deferred``) in order."""
     all_keys: list[str] = []
