@@ -332,13 +332,16 @@ class Admission:
                                                  paced.capacity)) <= max(_EPS, paced.capacity * 5 / DAY_S)
 
     def retime(self, blocked: Any) -> Any:
-        """``blocked`` with its time moved to when the next paced slot opens and ``why`` the policy's phrase (the
-        refusal's Retry-After then says that time, not the day's reset); unchanged when the policy did not cause
-        it."""
-        phrase = self.describe(blocked)
-        if phrase is None:
+        """``blocked`` with its time moved to when the next paced slot opens (the refusal's Retry-After then says
+        that time, not the day's reset) and ``why`` the policy's reason, worded to follow the counter's label and
+        precede "until <time>" in a refusal: ``kept for priority-0 requests (reserve 20%)``, ``paced``, ``(25 of
+        25)`` (a share's label already says whose share). Unchanged when the policy did not cause it."""
+        kind = self.kind_of(blocked)
+        if kind is None:
             return blocked
-        return replace(blocked, until_ms=self.opens_at_ms(blocked), why=phrase)
+        phrase = self.describe(blocked) or ""
+        why = {"pace": "paced", "share": phrase[len(blocked.counter.label):].strip()}.get(kind, phrase)
+        return replace(blocked, until_ms=self.opens_at_ms(blocked), why=why)
 
 
 __all__ = ["Admission", "Ask", "Pace", "Policy", "PriorityError", "Shares", "describe", "priority_of",
