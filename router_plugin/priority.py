@@ -35,16 +35,7 @@ from typing import Any
 from .config import Pace, Policy, Shares
 from .limits import DAY_S, Counter, DeploymentPlan, Limit, key_fingerprint
 
-try:  # helper "quota" provides the seam; until it is merged, a stand-in with the same fields
-    from .store._codec import Ask  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - replaced by the store's own Ask
-
-    @dataclass(frozen=True)
-    class Ask:  # type: ignore[no-redef]
-        plan: DeploymentPlan
-        tokens: int
-        ceilings: Mapping[str, float] = field(default_factory=dict)
-        extra: tuple[Counter, ...] = ()
+from .store._codec import Ask
 
 
 #: Request metadata: the request's priority (0 = interactive, the default; higher = less urgent).

@@ -155,9 +155,7 @@ def blocked(plan, key, ceiling, now_s, until_ms=None, counter=None):
     counter = counter or next(c for c in plan.counters if c.key == key)
     now_ms = int(now_s * 1000)
     until_ms = until_ms if until_ms is not None else (int(now_s // DAY_S) + 1) * DAY_S * 1000
-    b = Blocked(plan, counter, until_ms, "full", now_ms)
-    object.__setattr__(b, "ceiling", ceiling)  # what the store's Blocked carries for a ceiling block
-    return b
+    return Blocked(plan, counter, until_ms, "ceiling" if ceiling is not None else "full", now_ms, ceiling)
 
 
 def test_describe_the_reserve_the_pace_and_a_share():
