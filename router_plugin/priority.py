@@ -29,12 +29,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Pace, Policy, Shares
 from .limits import DAY_S, Counter, DeploymentPlan, Limit, key_fingerprint
-
 from .store._codec import Ask
 
 
