@@ -41,6 +41,7 @@ from ..config import Settings
 from ..events import Events
 from ..limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
 from ..redact import remember, scrub
+from ..priority import Admission
 from ..request_shape import problem as shape_problem
 from ..store import Blocked, QuotaStore, Reservation, SyncQuotaStore
 from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
@@ -196,6 +197,7 @@ def _failed_attempts(metadata: Mapping) -> list[dict]:
 
 
 class QuotaRouting(CustomRoutingStrategyBase):
+    admission = Admission()  # priorities, pace, shares (priority.py); the installer sets the configured one
     ready = None  # async () -> None awaited before admitting (calibration.py: once per process, then instant)
 
     def __init__(self, router: Any, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
@@ -235,11 +237,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
                         continue
                     return request.chosen(deployment, plan, None, outcome.strikes)
                 started = time.perf_counter()
-                outcome = await self.store.reserve(plan, request.tokens)
+                outcome = await self.store.reserve_first([self.admission.ask(plan, request.tokens, request.metadata,
+                                                                             time.time())])
                 self.events.reserve_timed(plan, time.perf_counter() - started)
                 if isinstance(outcome, Reservation):
                     return request.chosen(deployment, plan, outcome)
-                blocked.append(outcome)
+                blocked += [self.admission.retime(b) for b in outcome]  # the policy's reason and next slot
             for plan in request.rate_limited_plans():
                 outcome = await self.store.peek(plan)
                 if isinstance(outcome, Blocked):
@@ -272,11 +275,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
                         continue
                     return request.chosen(deployment, plan, None, outcome.strikes)
                 started = time.perf_counter()
-                outcome = self.sync_store.reserve(plan, request.tokens)
+                outcome = self.sync_store.reserve_first([self.admission.ask(plan, request.tokens, request.metadata,
+                                                                             time.time())])
                 self.events.reserve_timed(plan, time.perf_counter() - started)
                 if isinstance(outcome, Reservation):
                     return request.chosen(deployment, plan, outcome)
-                blocked.append(outcome)
+                blocked += [self.admission.retime(b) for b in outcome]  # the policy's reason and next slot
             for plan in request.rate_limited_plans():
                 outcome = self.sync_store.peek(plan)
                 if isinstance(outcome, Blocked):
