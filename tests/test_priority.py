@@ -187,3 +187,20 @@ def test_retime_moves_a_paced_refusal_to_the_next_slot_not_the_reset():
     assert admission.retime(late).until_ms == late.until_ms  # no lower-priority slot before the reset
     object.__setattr__(late, "used", 39)
     assert admission.retime(late).wait_s == pytest.approx(DAY_S / 100, abs=1)  # the pace reaches 40 in 14m24s
+
+
+def test_the_proxy_hook_takes_the_header_unless_the_body_gives_a_priority():
+    from router_plugin.adapter.proxy import priority_into_metadata
+
+    data = {"metadata": {"router_plugin_priority_source": "forged"},
+            "proxy_server_request": {"headers": {"X-Router-Plugin-Priority": "2"}}}
+    priority_into_metadata(data)
+    assert data["metadata"]["priority"] == "2" and data["metadata"]["router_plugin_priority_source"] == "header"
+    assert priority_of(data["metadata"]) == 2
+    data = {"metadata": {"priority": 0, "router_plugin_priority_source": "header"},
+            "proxy_server_request": {"headers": {"x-router-plugin-priority": "3"}}}
+    priority_into_metadata(data)
+    assert data["metadata"] == {"priority": 0}  # the body wins; only the hook marks a header's value
+    data = {"litellm_metadata": {"headers": {"x-router-plugin-priority": "1"}}}
+    priority_into_metadata(data)
+    assert data["litellm_metadata"]["priority"] == "1"
