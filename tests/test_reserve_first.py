@@ -221,3 +221,49 @@ def test_fail_open_walks_the_chain_on_this_workers_share_with_ceilings_and_extra
     refused = asyncio.run(store.reserve_first([plain, Ask(C, 1, peek=True)]))  # the async store: same limiter
     assert isinstance(refused, list) and len(refused) == 1 and refused[0].ceiling == 5
     assert isinstance(sync.reserve_first([Ask(day, 10), Ask(C, 1)]), Reservation)  # no ceiling: the share
+
+
+# ---- the walk: one store call per routing decision (real Router, real redis-server) ------------------------------
+
+
+def _script_calls(client) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", ["async", "sync"])
+def test_a_walk_past_three_full_deployments_costs_one_store_call(sim, redis_url, path):
+    import asyncio
+    import time
+
+    import redis
+
+    import router_plugin
+    from router_plugin.adapter.installer import installed
+    from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
+
+    router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, calibration={"interval_s": 0}))
+    inst = installed(router)
+    plans = [inst.plans.plan(d) for d in router.model_list]
+    assert [p.model for p in plans] == list(DEMO_CHAIN)
+    until = int(time.time() * 1000) + 60_000
+    for p in plans[:3]:  # the OpenRouter pool (both :free models) and the first Groq model: full
+        inst.sync_store.block(p, p.counters[0], until, "exhausted (test)")
+    inst.sync_store.peek(plans[3])  # the script is loaded in the server (else: EVALSHA, NOSCRIPT, load, EVALSHA)
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    msg = [{"role": "user", "content": "hello"}]
+    if path == "async":
+        chosen = asyncio.run(router.async_get_available_deployment(model=DEMO_GROUP, messages=msg,
+                                                                   request_kwargs={"metadata": {}}))
+    else:
+        chosen = router.get_available_deployment(model=DEMO_GROUP, messages=msg, request_kwargs={"metadata": {}})
+    assert chosen["litellm_params"]["model"] == DEMO_CHAIN[3]
+    assert _script_calls(client) == 1, client.info("commandstats")  # past three full deployments: one EVALSHA
+    client.config_resetstat()
+    inst.sync_store.block(plans[3], plans[3].counters[0], until, "exhausted (test)")
+    client.config_resetstat()
+    with pytest.raises(Exception) as refused:
+        router.get_available_deployment(model=DEMO_GROUP, messages=msg, request_kwargs={"metadata": {}})
+    assert "exhausted (test) until" in str(refused.value) and _script_calls(client) == 1  # refusal: one call too
