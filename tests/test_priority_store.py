@@ -191,3 +191,20 @@ def test_a_paced_refusal_says_paced_and_retries_after_the_next_slot_not_the_rese
         to_reset = DAY_S - (time.time() % DAY_S)
         assert refusal.retry_after_s <= min(to_reset, DAY_S / 50) + 1  # the next slot, a 50th of a day at most
     assert sum(sim.stats()["rate_limited"].values()) == 0
+
+
+def test_a_paced_rolling_day_admits_the_burst_then_at_the_rate_the_day_refills():
+    clock = Clock(NOON_MS)
+    store = LocalQuotaStore(arrival_margin_s=0, clock_ms=clock)
+    groq = plan_for({"model_name": "chat", "litellm_params": {"model": "groq/openai/gpt-oss-120b", "api_key": "k"},
+                     "model_info": {"id": "g"}}, PlanInputs())  # rpd 1000, refilling over 24 h
+    admission = Admission(Policy(pace={"groq": Pace(burst=5)}))
+    asks = lambda: [admission.ask(groq, 10, {}, clock.ms / 1000)]  # noqa: E731
+    got = [store.reserve_first(asks()) for _ in range(8)]
+    assert sum(isinstance(o, Reservation) for o in got) == 5
+    (last,) = got[-1]
+    assert admission.describe(last).startswith("paced: next slot at")
+    assert admission.retime(last).wait_s == pytest.approx(DAY_S / 1000, abs=1)  # one request refills in 86.4 s
+    clock.ms += DAY_S * 1000 // 1000 + 1
+    assert isinstance(store.reserve_first(asks()), Reservation)
+    assert not isinstance(store.reserve_first(asks()), Reservation)
