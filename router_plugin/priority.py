@@ -45,7 +45,7 @@ KEY_PRIORITY_KEY = "router_plugin_priority"
 #: Request metadata set by the proxy hook when the priority came from this header (so an error names it).
 PRIORITY_HEADER = "x-router-plugin-priority"
 PRIORITY_SOURCE_KEY = "router_plugin_priority_source"
-MAX_PRIORITY = 1_000_000
+MAX_PRIORITY = 2**31 - 1  # anything larger is surely a mistake
 
 SHARE_PREFIX = "share:"
 #: Where the identity of ``shares.per`` is in the request metadata (LiteLLM's proxy fills these from the virtual
