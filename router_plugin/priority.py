@@ -182,6 +182,28 @@ def _pool_word(plan: DeploymentPlan) -> str:
     return "OpenRouter" if plan.provider == "openrouter" else plan.model
 
 
+# ---- the extra counters in the request's state (plain values: LiteLLM copies and serialises metadata) ------
+
+
+def extra_to_state(counters: Any) -> list[list]:
+    """A reservation's extra counters (a share) as plain values for the request's state, so that the callbacks
+    settle and refund them with the pool's counters (an attempt that never left gives its share back too)."""
+    return [[c.key, c.limit.name, c.limit.capacity, c.limit.window_s, c.limit.kind, c.limit.unit, c.label]
+            for c in counters or ()]
+
+
+def extra_from_state(value: Any) -> tuple[Counter, ...]:
+    """The counters :func:`extra_to_state` wrote; anything malformed is left out (never fails a callback)."""
+    out = []
+    for item in value if isinstance(value, (list, tuple)) else ():
+        try:
+            key, name, capacity, window_s, kind, unit, label = item
+            out.append(Counter(str(key), Limit(str(name), int(capacity), int(window_s), kind, unit), str(label)))
+        except (TypeError, ValueError):
+            continue
+    return tuple(out)
+
+
 # ---- the admission policy ---------------------------------------------------------------------------------------
 
 

@@ -209,3 +209,27 @@ def test_a_paced_rolling_day_admits_the_burst_then_at_the_rate_the_day_refills()
     clock.ms += DAY_S * 1000 // 1000 + 1
     assert isinstance(store.reserve_first(asks()), Reservation)
     assert not isinstance(store.reserve_first(asks()), Reservation)
+
+
+def test_an_attempt_that_never_left_gives_its_share_back_too(sim, redis_url):
+    import time
+
+    import litellm
+    import redis as redis_py
+
+    router = router_plugin.build_router(demo_config(
+        sim.base_url, redis_url=redis_url, chain=(OR_A,), calibration={"interval_s": 0},
+        shares={"per": "user", "openrouter": 0.5}))
+    with pytest.raises(litellm.BadRequestError):  # LiteLLM refuses tool_choice=5 before the HTTP call
+        asyncio.run(router.acompletion(model="free-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                       tool_choice=5, metadata={"user_api_key_user_id": "u1"}))
+    client = redis_py.Redis.from_url(redis_url)
+
+    def used(pattern):
+        return [float(client.hget(k, "used") or 0) for k in client.keys(pattern)]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (used("*:c:day") != [0.0] or used("*:c:share:*") != [0.0]):
+        time.sleep(0.05)
+    assert used("*:c:day") == [0.0]  # the pool's day: refunded (it never left)
+    assert used("*:c:share:*") == [0.0]  # and the user's share of it
