@@ -54,6 +54,7 @@ from ..providers.facts import (
     ServerError,
     Unknown,
 )
+from ..priority import extra_from_state
 from ..redact import scrub
 from ..store import QuotaStore, Reservation
 from .strategy import METADATA_KEY
@@ -339,7 +340,8 @@ def _in_stream(fact: Fact) -> Fact:
 def _reservation(plan: DeploymentPlan, state: Mapping[str, Any]) -> Reservation | None:
     if not state.get("metered"):
         return None
-    return Reservation(plan, int(state.get("tokens", 0)), int(state.get("reserved_at_ms", 0)))
+    return Reservation(plan, int(state.get("tokens", 0)), int(state.get("reserved_at_ms", 0)),
+                       extra=extra_from_state(state.get("extra")))  # e.g. a key's share (priority.py)
 
 
 def _total_tokens(response_obj: Any, fallback: int) -> int:
