@@ -43,6 +43,7 @@ from ..limits import DeploymentPlan, estimate_prompt_tokens, requested_max_token
 from ..redact import remember, scrub
 from ..request_shape import problem as shape_problem
 from ..store import Blocked, QuotaStore, Reservation, SyncQuotaStore
+from ..store.queue import DEFAULT_MAX_WAITERS, LineFull, Turn, WaitQueue, priority_of
 from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
 
 log = logging.getLogger("router_plugin")
@@ -224,9 +225,33 @@ class QuotaRouting(CustomRoutingStrategyBase):
             await self.ready()
         request = _Request.of(self, model, messages, input, request_kwargs)
         deadline = time.monotonic() + self.settings.max_wait_s
+        turn = self.wait_line.turn(model, priority_of(request.metadata), deadline) \
+            if self.settings.max_wait_s > 0 else None  # waiting in order across workers (store/queue.py)
+        try:
+            return await self._walk_async(request, deadline, turn)
+        except LineFull as exc:
+            raise QuotaExhaustedError(model, str(exc), self.settings.max_wait_s) from None
+        finally:
+            if turn is not None:
+                await turn.leave()
+
+    @property
+    def wait_line(self) -> WaitQueue:
+        line = getattr(self, "_wait_line", None)
+        if line is None:
+            line = self._wait_line = WaitQueue(self.store, max_waiters=getattr(self.settings, "max_waiters",
+                                                                               DEFAULT_MAX_WAITERS))
+        return line
+
+    async def _walk_async(self, request: "_Request", deadline: float, turn: Turn | None):
         while True:
             request.check_budget()
             blocked: list[Blocked] = []
+            if turn is not None and not await turn.may_try():  # not at the head of the line: wait to be woken
+                if turn.expired:
+                    raise QuotaExhaustedError(request.model, turn.refusal_text(), None)
+                await turn.sleep(None)
+                continue
             for deployment, plan in request.candidates():
                 if not plan.metered:  # no counters, but its cooldown / quarantine counts (one dry round trip)
                     outcome = await self.store.peek(plan)
@@ -248,7 +273,7 @@ class QuotaRouting(CustomRoutingStrategyBase):
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
-            await asyncio.sleep(wait)
+            await (asyncio.sleep(wait) if turn is None else turn.sleep(wait))
 
     def get_available_deployment(
         self, model: str, messages: list[dict[str, str]] | None = None, input: str | list | None = None,
