@@ -67,6 +67,35 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """``pace.<pool or model>``: release the day evenly; ``burst`` requests ahead of the even pace (None: an hour's
+    share of the day, ``ceil(capacity / 24)``). See priority.py and README "Priorities, pacing and fair shares"."""
+
+    burst: int | None = None
+
+
+@dataclass(frozen=True)
+class Shares:
+    """``shares``: at most ``fractions[pool]`` of each pool's day per ``per`` identity (key, user or team)."""
+
+    per: str = "key"
+    fractions: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``priority`` / ``pace`` / ``shares`` together: who may take what is left of a pool (priority.py)."""
+
+    reserve: float = 0.0  # priority.reserve: this fraction of every counter is kept for priority 0
+    pace: Mapping[str, Pace] = field(default_factory=dict)
+    shares: Shares | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.reserve > 0 or self.pace or (self.shares and self.shares.fractions))
+
+
+@dataclass(frozen=True)
 class Settings:
     """The ``router_plugin:`` section. Every key has a sound default."""
 
@@ -93,6 +122,7 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     calibration: Calibration = field(default_factory=Calibration)
     metrics: Metrics = field(default_factory=Metrics)
+    policy: Policy = field(default_factory=Policy)  # keys priority, pace, shares (priority.py)
     # Filled by load_config from the rest of the file (not keys of the section): where redis_url came from when
     # it is the user's LiteLLM Redis, and the LiteLLM settings the plugin overrides (logged as warnings at start).
     store_source: str | None = None
@@ -117,7 +147,7 @@ class PluginConfig:
 _SECTION_KEYS = {
     "redis_url", "embedded_path", "key_prefix", "redis_timeout_s", "openrouter", "limits", "max_wait_s", "max_waiters",
     "arrival_margin_s", "allow_paid", "default_max_tokens", "cooldowns", "on_store_error", "expected_workers",
-    "redis_cluster", "timeouts", "calibration", "metrics",
+    "redis_cluster", "timeouts", "calibration", "metrics", "priority", "pace", "shares",
 }
 
 
@@ -263,6 +293,8 @@ def load_config(source: str | os.PathLike | Mapping[str, Any]) -> PluginConfig:
         raise problem
     settings = parse_settings(raw.get("router_plugin"), where)
     model_list = _parse_model_list(raw.get("model_list"), where, settings)
+    for problem in policy_problems(settings.policy, model_list, where):
+        raise problem
     router_settings = dict(raw.get("router_settings") or {})
     litellm_settings = dict(raw.get("litellm_settings") or {})
     settings = complete_settings(settings, raw, where)
@@ -486,6 +518,7 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         timeouts=_parse_seconds(section.get("timeouts"), Timeouts, "timeouts", where),
         calibration=_parse_seconds(section.get("calibration"), Calibration, "calibration", where, zero_ok=True),
         metrics=_parse_metrics(section.get("metrics"), where),
+        policy=_parse_policy(section, where),
     )
 
 
@@ -505,6 +538,103 @@ def _parse_limits(raw: Any, where: str) -> dict[str, LimitOverride]:
                 raise ConfigError(where, f"{key}.{name}", "unknown limit", _did_you_mean(name, allowed))
         parsed = {name: _number(values, name, None, where, positive=True, integer=True, prefix=key + ".") for name in allowed}
         out[str(model)] = LimitOverride(**{n: (int(v) if v is not None else None) for n, v in parsed.items()})
+    return out
+
+
+_POOLS_HINT = "openrouter (every OpenRouter :free model of an account), groq (every groq/ model) or a groq/ model"
+_SHARE_PER = ("key", "user", "team")
+
+
+def _policy_pool(name: Any, key: str, where: str) -> str:
+    """A pool a ``pace`` / ``shares`` entry names: ``openrouter``, ``groq`` or a model (not an OpenRouter model:
+    its day is the account's)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(where, key, f"must name a pool, got {_shown(name)}", f"expected {_POOLS_HINT}")
+    if name.startswith("openrouter/") or (name.endswith(":free") and "/" in name):
+        raise ConfigError(where, key, "an OpenRouter model has no day of its own: its account's pool has one",
+                          "use openrouter instead")
+    return name
+
+
+def _parse_policy(section: Mapping, where: str) -> Policy:
+    """``priority: {reserve}``, ``pace: {<pool>: true | {burst: N}}``, ``shares: {per, <pool>: fraction}``."""
+    reserve = 0.0
+    raw = section.get("priority")
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(where, "router_plugin.priority", f"must be a mapping like {{reserve: 0.2}}, got {_shown(raw)}")
+        for key in raw:
+            if key != "reserve":
+                raise ConfigError(where, f"router_plugin.priority.{key}", "unknown key",
+                                  "the only key is reserve: the fraction of every pool kept for priority-0 requests")
+        reserve = _number(raw, "reserve", 0.0, where, prefix="router_plugin.priority.")
+        if reserve >= 1:
+            raise ConfigError(where, "router_plugin.priority.reserve", f"must be a fraction below 1, got {reserve!r}",
+                              "e.g. 0.2 keeps 20% of every pool's day and minute for priority-0 requests")
+    pace: dict[str, Pace] = {}
+    raw = section.get("pace")
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(where, "router_plugin.pace", f"must be a mapping like {{openrouter: true}}, got {_shown(raw)}")
+        for name, value in raw.items():
+            key = f"router_plugin.pace.{name}"
+            pool = _policy_pool(name, key, where)
+            if value is True:
+                pace[pool] = Pace()
+            elif value is False or value is None:
+                continue
+            elif isinstance(value, Mapping):
+                for sub in value:
+                    if sub != "burst":
+                        raise ConfigError(where, f"{key}.{sub}", "unknown key",
+                                          "the only key is burst: requests allowed ahead of the even pace")
+                burst = _number(value, "burst", None, where, positive=True, integer=True, prefix=key + ".")
+                pace[pool] = Pace(burst=int(burst) if burst is not None else None)
+            else:
+                raise ConfigError(where, key, f"must be true, false or {{burst: N}}, got {_shown(value)}")
+    shares = None
+    raw = section.get("shares")
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(where, "router_plugin.shares", f"must be a mapping like {{per: key, openrouter: 0.5}}, "
+                              f"got {_shown(raw)}")
+        per = raw.get("per", "key")
+        if per not in _SHARE_PER:
+            raise ConfigError(where, "router_plugin.shares.per", f"must be one of {', '.join(_SHARE_PER)}, got {_shown(per)}",
+                              "key: each LiteLLM virtual key; user: each user_id; team: each team_id")
+        fractions: dict[str, float] = {}
+        for name in raw:
+            if name == "per":
+                continue
+            key = f"router_plugin.shares.{name}"
+            pool = _policy_pool(name, key, where)
+            value = _number(raw, name, None, where, positive=True, prefix="router_plugin.shares.")
+            if value is None:
+                continue
+            if value > 1:
+                raise ConfigError(where, key, f"must be a fraction of the pool's day (at most 1), got {value!r}",
+                                  "e.g. 0.5: no one takes more than half of the day")
+            fractions[pool] = float(value)
+        shares = Shares(per=per, fractions=fractions)
+    return Policy(reserve=float(reserve), pace=pace, shares=shares)
+
+
+def policy_problems(policy: Policy, model_list: Any, where: str) -> list[ConfigError]:
+    """``pace`` / ``shares`` entries that name a model no deployment of ``model_list`` uses (they would do nothing)."""
+    models: set[str] = {"openrouter", "groq"}
+    for entry in model_list if isinstance(model_list, list) else []:
+        params = entry.get("litellm_params") if isinstance(entry, Mapping) else None
+        model = params.get("model") if isinstance(params, Mapping) else None
+        if isinstance(model, str):
+            models |= {model, model.split("/", 1)[-1]}
+    out = []
+    for section, names in (("pace", policy.pace), ("shares", policy.shares.fractions if policy.shares else {})):
+        for name in names:
+            if name not in models:
+                close = difflib.get_close_matches(name, sorted(models - {"openrouter", "groq"}), n=1)
+                out.append(ConfigError(where, f"router_plugin.{section}.{name}", "no deployment of model_list uses "
+                                       "this model", (f"did you mean {close[0]!r}? " if close else "")
+                                       + f"expected {_POOLS_HINT}"))
     return out
 
 
@@ -675,7 +805,8 @@ def _number(
 
 # ---- every problem at once (``router-plugin check``) ------------------------------------------------------------
 
-_NESTED_SECTIONS = ("openrouter", "limits", "cooldowns", "timeouts", "calibration", "metrics")
+_NESTED_SECTIONS = ("openrouter", "limits", "cooldowns", "timeouts", "calibration", "metrics", "priority", "pace",
+                    "shares")
 
 
 def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[ConfigError]]:
@@ -732,6 +863,7 @@ def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[s
         return raw, errors
     for i, entry in enumerate(model_list):
         errors.extend(_entry_problems(i, entry, where, settings))
+    errors.extend(policy_problems(settings.policy, model_list, where))
     return raw, errors
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .priority import priority_problem
+
 ROLES = ("system", "user", "assistant", "tool", "function", "developer")
 #: Request fields that must be positive integers when given (``None`` means "not given").
 POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
@@ -102,6 +104,9 @@ def problem(messages: Any, request: Mapping[str, Any], chat: bool = True) -> str
         value = request.get(name)
         if value is not None and not (_is_list(value) and all(isinstance(_as_mapping(v), Mapping) for v in value)):
             return f"'{name}' must be a list of objects, got {_kind(value)}"
+    found = priority_problem(request.get("metadata") or request.get("litellm_metadata"))
+    if found:  # the queue position of the request (priority.py): refused before anything is reserved
+        return found
     fmt = request.get("response_format")
     if fmt is not None and not isinstance(fmt, (Mapping, type)):
         return f"'response_format' must be an object such as {{\"type\": \"json_object\"}}, got {_kind(fmt)}"

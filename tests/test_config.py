@@ -436,3 +436,53 @@ def test_the_proxy_refuses_a_bad_config_with_one_line(tmp_path):
                      "environment variable RP_PROXY_UNSET_KEY is not set (export RP_PROXY_UNSET_KEY=... before starting the "
                      "proxy, which does not read a .env in its directory)"], out[-3000:]
     assert "Traceback" not in out and "REDACTED" not in out
+
+
+# ---- priorities, pacing and fair shares (issue 17) ------------------------------------------------------------
+
+def test_priority_pace_and_shares_load():
+    cfg = load_config(with_section(priority={"reserve": 0.2}, pace={"openrouter": True,
+                                                                     "groq/openai/gpt-oss-120b": {"burst": 40}},
+                                   shares={"per": "team", "openrouter": 0.5}))
+    policy = cfg.settings.policy
+    assert policy.reserve == 0.2 and policy.active
+    assert policy.pace["openrouter"].burst is None and policy.pace["groq/openai/gpt-oss-120b"].burst == 40
+    assert policy.shares.per == "team" and policy.shares.fractions == {"openrouter": 0.5}
+    assert not load_config(GOOD).settings.policy.active  # all three are opt-in
+
+
+POLICY_BAD = [
+    (with_section(priority={"reserve": 1}), "router_plugin.priority.reserve", "below 1"),
+    (with_section(priority={"reserve": -0.1}), "router_plugin.priority.reserve", "zero or more"),
+    (with_section(priority={"reserve": "20%"}), "router_plugin.priority.reserve", "must be a number"),
+    (with_section(priority={"reseve": 0.2}), "router_plugin.priority.reseve", "the only key is reserve"),
+    (with_section(priority=0.2), "router_plugin.priority", "{reserve: 0.2}"),
+    (with_section(pace={"openrouter": "yes"}), "router_plugin.pace.openrouter", "true, false or {burst: N}"),
+    (with_section(pace={"openrouter": {"burst": 0}}), "router_plugin.pace.openrouter.burst", "positive"),
+    (with_section(pace={"openrouter": {"bursts": 3}}), "router_plugin.pace.openrouter.bursts", "the only key is burst"),
+    (with_section(pace={"openrouter/deepseek/deepseek-r1:free": True}),
+     "router_plugin.pace.openrouter/deepseek/deepseek-r1:free", "use openrouter instead"),
+    (with_section(pace={"groq/openai/gpt-oss-12b": True}), "router_plugin.pace.groq/openai/gpt-oss-12b",
+     "did you mean 'groq/openai/gpt-oss-120b'?"),
+    (with_section(shares={"per": "org", "openrouter": 0.5}), "router_plugin.shares.per", "key, user, team"),
+    (with_section(shares={"openrouter": 1.5}), "router_plugin.shares.openrouter", "at most 1"),
+    (with_section(shares={"openrouter": 0}), "router_plugin.shares.openrouter", "positive"),
+    (with_section(shares=["openrouter"]), "router_plugin.shares", "{per: key, openrouter: 0.5}"),
+]
+
+
+@pytest.mark.parametrize("config, key, words", POLICY_BAD, ids=[f"{k}-{w}" for _, k, w in POLICY_BAD])
+def test_bad_priority_pace_and_shares_name_the_key_and_the_fix(config, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.key == key and words in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_check_reports_every_policy_problem_at_once():
+    from router_plugin.config import find_problems
+
+    _, errors = find_problems(with_section(priority={"reserve": 2}, pace={"openrouter": {"burst": -1}},
+                                           shares={"per": "org"}))
+    assert {e.key for e in errors} >= {"router_plugin.priority.reserve", "router_plugin.pace.openrouter.burst",
+                                       "router_plugin.shares.per"}

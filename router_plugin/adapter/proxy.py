@@ -37,6 +37,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from .. import providers
 from ..config import Settings, load_config
 from ..errors import ConfigError
+from ..priority import PRIORITY_HEADER, PRIORITY_KEY, PRIORITY_SOURCE_KEY
 from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
 
 log = logging.getLogger("router_plugin")
@@ -177,6 +178,7 @@ class ProxyHandler(CustomLogger):
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
         self.ensure_installed()
+        priority_into_metadata(data)  # the x-router-plugin-priority header (priority.py)
         if isinstance(data, dict) and data.get("stream") is True:
             # The proxy restamps every streamed chunk's ``model`` with the requested group (or, after a fallback,
             # the other group): the client could not tell which deployment answered, unlike the SDK path. LiteLLM's
@@ -483,6 +485,26 @@ def _header(headers: Any, name: str) -> str | None:
     except Exception:
         return None
     return None
+
+
+def priority_into_metadata(data: Any) -> None:
+    """The ``x-router-plugin-priority`` header as the request's ``metadata.priority`` (the body's value wins), marked
+    so that a bad value's 400 names the header. The virtual key's / team's ``router_plugin_priority`` and the share
+    identity need nothing here: LiteLLM puts ``user_api_key_metadata`` / ``user_api_key_team_metadata`` and
+    ``user_api_key_hash`` / ``_user_id`` / ``_team_id`` into the same metadata (and drops any a client sent), and
+    priority.py reads them there."""
+    if not isinstance(data, dict):
+        return
+    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else data.get("litellm_metadata")
+    if not isinstance(meta, dict):
+        meta = data.setdefault("metadata", {})
+    meta.pop(PRIORITY_SOURCE_KEY, None)  # only this hook says where the priority came from
+    request = data.get("proxy_server_request")
+    value = _header(request.get("headers") if isinstance(request, Mapping) else None, PRIORITY_HEADER) \
+        or _header(meta.get("headers"), PRIORITY_HEADER)
+    if value is not None and meta.get(PRIORITY_KEY) is None:
+        meta[PRIORITY_KEY] = value
+        meta[PRIORITY_SOURCE_KEY] = "header"
 
 
 def _upstream_retry_after(exc: BaseException) -> str | None:
