@@ -169,6 +169,40 @@ def test_status_helper_counts_waiters_per_priority(redis_url):
     assert waiting_by_priority(redis.Redis.from_url(redis_url), "rp:", GROUP) == {0: 1, 1: 2, 2: 1}
 
 
+def test_while_the_store_is_down_requests_wait_in_an_in_process_line_in_the_same_order():
+    """fail_open: the resilient store's guard says Redis is unreachable; the in-process twin keeps the order."""
+    from types import SimpleNamespace
+
+    from router_plugin.store._codec import KeySpace
+
+    down = SimpleNamespace(keys=KeySpace("rp:"), guard=SimpleNamespace(reachable=False))
+
+    async def go():
+        queue = WaitQueue(down)
+        blocker = queue.turn(GROUP, 0, time.monotonic() + 30)
+        assert blocker.mode == "local"
+        queue.local._join(blocker)  # the head, trying to reserve
+        order: list[str] = []
+
+        async def request(name: str, priority: int):
+            turn = queue.turn(GROUP, priority, time.monotonic() + 30)
+            while not await turn.may_try():
+                await turn.sleep(None)
+            order.append(name)
+            await turn.leave()
+
+        tasks = []
+        for name, priority in [("a", 1), ("b", 1), ("c", 0), ("d", 1), ("e", 0)]:
+            tasks.append(asyncio.ensure_future(request(name, priority)))
+            await asyncio.sleep(0.01)
+        assert order == []
+        await blocker.leave()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        return order
+
+    assert asyncio.run(go()) == ["c", "e", "a", "b", "d"]
+
+
 # ---- through the Router: real worker processes waiting on one exhausted pool ---------------------------------
 
 def _worker(sim_url: str, redis_url: str, name: str, priority: int) -> None:  # a child process

@@ -127,6 +127,7 @@ class WaitQueue:
         self.beat_s = beat_s if beat_s is not None else ticket_ttl_s / 3
         self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.local = LocalLine()
+        self.warned_at = -1e9
 
     # ---- Redis plumbing -------------------------------------------------------------------------------------
     def _clients(self) -> dict:
@@ -209,8 +210,11 @@ class Turn:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _degrade(self, exc: BaseException) -> None:
-        log.warning("router_plugin: the waiting line of '%s' is unavailable (%s: %s); this request waits without "
-                    "its place in line", self.group, type(exc).__name__, exc)
+        now = time.monotonic()
+        if now - self.queue.warned_at >= 60.0:  # once a minute, not once per waiting request
+            self.queue.warned_at = now
+            log.warning("router_plugin: the waiting line of '%s' is unavailable (%s: %s); requests wait without "
+                        "their place in line", self.group, type(exc).__name__, exc)
         self.mode = "plain"
         self.rank = 0
 
