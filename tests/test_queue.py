@@ -271,3 +271,27 @@ def test_waiting_workers_are_admitted_in_priority_then_arrival_order(sim, redis_
     order = [x.decode() for x in client.lrange("test:admitted", 0, -1)]
     assert order == ["c", "e", "a", "b", "d"]
     assert _line_size(redis_url) == 0
+
+
+def test_a_full_line_is_refused_at_once_through_the_router(sim, redis_url):
+    import litellm
+
+    import router_plugin
+    from router_plugin.demo import demo_config
+
+    router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(MODEL,), max_wait_s=30,
+                                                    max_waiters=1, calibration={"interval_s": 0}))
+
+    async def go():
+        holder = WaitQueue(_store(redis_url)).turn(GROUP, 0)
+        await holder._join()  # one request already waits: the line (max_waiters 1) is full
+        started = time.monotonic()
+        with pytest.raises(litellm.RateLimitError) as refused:
+            await router.acompletion(model=GROUP, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                     metadata={"priority": 1})
+        return str(refused.value), time.monotonic() - started
+
+    text, _ = asyncio.run(go())
+    assert ("router_plugin: 1 requests are already waiting for 'free-chat' (router_plugin.max_waiters is 1); "
+            "refused at once instead of queueing — retry later or raise max_waiters") in text
+    assert sim.stats()["requests"]["groq"] == {}  # nothing was sent

@@ -230,6 +230,8 @@ class QuotaRouting(CustomRoutingStrategyBase):
         try:
             return await self._walk_async(request, deadline, turn)
         except LineFull as exc:
+            log.info("router_plugin refuse group=%s %s", model, exc)
+            self.events.refused(model, [], [], self.settings.max_wait_s)
             raise QuotaExhaustedError(model, str(exc), self.settings.max_wait_s) from None
         finally:
             if turn is not None:
@@ -249,6 +251,8 @@ class QuotaRouting(CustomRoutingStrategyBase):
             blocked: list[Blocked] = []
             if turn is not None and not await turn.may_try():  # not at the head of the line: wait to be woken
                 if turn.expired:
+                    log.info("router_plugin refuse group=%s %s", request.model, turn.refusal_text())
+                    self.events.refused(request.model, [], [], None)
                     raise QuotaExhaustedError(request.model, turn.refusal_text(), None)
                 await turn.sleep(None)
                 continue
