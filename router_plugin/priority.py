@@ -29,22 +29,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Pace, Policy, Shares
 from .limits import DAY_S, Counter, DeploymentPlan, Limit, key_fingerprint
-
-try:  # helper "quota" provides the seam; until it is merged, a stand-in with the same fields
-    from .store._codec import Ask  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - replaced by the store's own Ask
-
-    @dataclass(frozen=True)
-    class Ask:  # type: ignore[no-redef]
-        plan: DeploymentPlan
-        tokens: int
-        ceilings: Mapping[str, float] = field(default_factory=dict)
-        extra: tuple[Counter, ...] = ()
+from .store._codec import Ask
 
 
 #: Request metadata: the request's priority (0 = interactive, the default; higher = less urgent).
@@ -332,13 +322,16 @@ class Admission:
                                                  paced.capacity)) <= max(_EPS, paced.capacity * 5 / DAY_S)
 
     def retime(self, blocked: Any) -> Any:
-        """``blocked`` with its time moved to when the next paced slot opens and ``why`` the policy's phrase (the
-        refusal's Retry-After then says that time, not the day's reset); unchanged when the policy did not cause
-        it."""
-        phrase = self.describe(blocked)
-        if phrase is None:
+        """``blocked`` with its time moved to when the next paced slot opens (the refusal's Retry-After then says
+        that time, not the day's reset) and ``why`` the policy's reason, worded to follow the counter's label and
+        precede "until <time>" in a refusal: ``kept for priority-0 requests (reserve 20%)``, ``paced``, ``(25 of
+        25)`` (a share's label already says whose share). Unchanged when the policy did not cause it."""
+        kind = self.kind_of(blocked)
+        if kind is None:
             return blocked
-        return replace(blocked, until_ms=self.opens_at_ms(blocked), why=phrase)
+        phrase = self.describe(blocked) or ""
+        why = {"pace": "paced", "share": phrase[len(blocked.counter.label):].strip()}.get(kind, phrase)
+        return replace(blocked, until_ms=self.opens_at_ms(blocked), why=why)
 
 
 __all__ = ["Admission", "Ask", "Pace", "Policy", "PriorityError", "Shares", "describe", "priority_of",

@@ -155,9 +155,7 @@ def blocked(plan, key, ceiling, now_s, until_ms=None, counter=None):
     counter = counter or next(c for c in plan.counters if c.key == key)
     now_ms = int(now_s * 1000)
     until_ms = until_ms if until_ms is not None else (int(now_s // DAY_S) + 1) * DAY_S * 1000
-    b = Blocked(plan, counter, until_ms, "full", now_ms)
-    object.__setattr__(b, "ceiling", ceiling)  # what the store's Blocked carries for a ceiling block
-    return b
+    return Blocked(plan, counter, until_ms, "ceiling" if ceiling is not None else "full", now_ms, ceiling)
 
 
 def test_describe_the_reserve_the_pace_and_a_share():
@@ -179,7 +177,7 @@ def test_retime_moves_a_paced_refusal_to_the_next_slot_not_the_reset():
     paced = blocked(OR, "day", 27, NOON)
     moved = admission.retime(paced)
     assert moved.wait_s == pytest.approx(DAY_S / 50, abs=1)  # 28m48s, not the 12 h to midnight
-    assert moved.why.startswith("paced: next slot at")
+    assert moved.why == "paced"  # the refusal reads "<label> paced until 12:28:48 UTC (in 28m48s)"
     reserve = blocked(OR, "day", 40, NOON + 7 * 3600)
     assert admission.retime(reserve).until_ms == reserve.until_ms  # the reserve opens at the day's reset
     p0 = blocked(OR, "day", 37, NOON)  # priority 0 borrowed its 10 too: next slot when the pace grows by one
@@ -189,3 +187,20 @@ def test_retime_moves_a_paced_refusal_to_the_next_slot_not_the_reset():
     assert admission.retime(late).until_ms == late.until_ms  # no lower-priority slot before the reset
     object.__setattr__(late, "used", 39)
     assert admission.retime(late).wait_s == pytest.approx(DAY_S / 100, abs=1)  # the pace reaches 40 in 14m24s
+
+
+def test_the_proxy_hook_takes_the_header_unless_the_body_gives_a_priority():
+    from router_plugin.adapter.proxy import priority_into_metadata
+
+    data = {"metadata": {"router_plugin_priority_source": "forged"},
+            "proxy_server_request": {"headers": {"X-Router-Plugin-Priority": "2"}}}
+    priority_into_metadata(data)
+    assert data["metadata"]["priority"] == "2" and data["metadata"]["router_plugin_priority_source"] == "header"
+    assert priority_of(data["metadata"]) == 2
+    data = {"metadata": {"priority": 0, "router_plugin_priority_source": "header"},
+            "proxy_server_request": {"headers": {"x-router-plugin-priority": "3"}}}
+    priority_into_metadata(data)
+    assert data["metadata"] == {"priority": 0}  # the body wins; only the hook marks a header's value
+    data = {"litellm_metadata": {"headers": {"x-router-plugin-priority": "1"}}}
+    priority_into_metadata(data)
+    assert data["litellm_metadata"]["priority"] == "1"

@@ -295,3 +295,47 @@ def test_a_full_line_is_refused_at_once_through_the_router(sim, redis_url):
     assert ("router_plugin: 1 requests are already waiting for 'free-chat' (router_plugin.max_waiters is 1); "
             "refused at once instead of queueing — retry later or raise max_waiters") in text
     assert sim.stats()["requests"]["groq"] == {}  # nothing was sent
+
+
+def test_time_spent_waiting_is_not_the_deployments_silence(sim, redis_url):
+    """An attempt's reply limit (timeouts.connect_s + first_token_s = 2.5 s here) counts from when its deployment
+    is chosen: a request that waited 4 s for the pool, then got a reply 1.5 s later, is served at its first attempt
+    (its wait did not time the attempt out, nor make it leave its place in line), nothing set aside."""
+    import router_plugin
+    from router_plugin.adapter.installer import installed
+    from router_plugin.demo import demo_config
+    from tests.support import FAST
+
+    router = router_plugin.build_router(demo_config(
+        sim.base_url, redis_url=redis_url, chain=(MODEL,), max_wait_s=20, calibration={"interval_s": 0},
+        timeouts={**FAST["timeouts"], "total_s": 30.0}))
+    inst = installed(router)
+    plan = inst.plans.plan(router.model_list[0])
+    day = next(c for c in plan.counters if c.limit.name == "rpd")
+    sim.configure({"models": {MODEL.split("/", 1)[1]: {"latency_ms": 1500}}})
+    client = redis.Redis.from_url(redis_url)
+    seconds, micros = client.time()
+    inst.sync_store.block(plan, day, int(seconds) * 1000 + int(micros) // 1000 + 4000, "exhausted (provider 429)")
+
+    async def go():
+        metadata: dict = {"priority": 1}
+        await router.acompletion(model=GROUP, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                 metadata=metadata)
+        return metadata["router_plugin"]
+
+    joins = []
+    original = WaitQueue.call
+
+    async def spy(self, group, op, ticket="", priority=0):
+        joins.append(op) if op == "join" else None
+        return await original(self, group, op, ticket, priority)
+
+    WaitQueue.call = spy
+    try:
+        info = asyncio.run(go())
+    finally:
+        WaitQueue.call = original
+    assert joins == ["join"]  # one place in line, kept until served
+    assert info["model"] == MODEL and info["attempts"] == 1
+    until, = client.hmget(inst.sync_store.keys.model(plan), "until")
+    assert until is None  # the model was never set aside as silent

@@ -17,6 +17,7 @@ from .. import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litell
 import litellm
 
 from .._plans import PlanBook
+from ..priority import Admission
 from .callbacks import DISPATCH, QuotaCallbacks
 from ..config import PluginConfig, Settings, litellm_overrides, load_config, parse_settings
 from ..events import Events
@@ -79,6 +80,7 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     owner = uuid.uuid4().hex[:12]
     events = Events()
     strategy = QuotaRouting(router, settings, store, plans, owner, sync_store=sync_store, events=events)
+    strategy.admission = Admission.from_settings(settings)  # priorities, pace, shares (priority.py)
     callbacks = QuotaCallbacks(settings, store, plans, owner, events=events)
     installed = Installed(settings, events, strategy, callbacks, store, sync_store, plans)
     router.__dict__[_ATTR] = installed

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -29,12 +29,13 @@ from ..errors import StoreError
 from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
 from . import _codec
-from ._codec import Blocked, CounterState, KeySpace, Reservation
+from ._codec import Ask, Blocked, CounterState, KeySpace, Reservation
 from ._ops import SyncOperations
 from .connect import StoreTarget, resolve_target
 
 __all__ = [
     "MARKER_CHECK_S",
+    "Ask",
     "Blocked",
     "CounterState",
     "QuotaStore",
@@ -117,13 +118,29 @@ class QuotaStore(_Base):
     async def reserve(
         self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
     ) -> Reservation | Blocked:
+        keys, args, ask = _codec.reserve_call(self.keys, plan, tokens, self.margin_ms, dry, counters_only)
         try:
-            reply = await self._scripts["reserve"](
-                keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
-            )
+            reply = await self._scripts["reserve"](keys=keys, args=args)
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
-        return _codec.parse_reserve(plan, tokens, reply)
+        return _codec.parse_one(ask, reply)
+
+    async def reserve_first(self, asks: Sequence[Ask]) -> Reservation | list[Blocked]:
+        """Reserve the first candidate that fits, in order (all its counters, all or none): one round trip for
+        the whole chain (on a cluster: one per run of consecutive candidates sharing a slot). None fits: every
+        candidate's Blocked, in order (report-only candidates only when blocked)."""
+        blocked: list[Blocked] = []
+        for group in (_codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])):
+            keys, args = _codec.first_call(self.keys, group, self.margin_ms)
+            try:
+                reply = await self._scripts["reserve"](keys=keys, args=args)
+            except STORE_FAILURES as exc:
+                raise self._error("reserve", exc) from exc
+            outcome = _codec.parse_first(group, reply)
+            if isinstance(outcome, Reservation):
+                return outcome
+            blocked += outcome
+        return blocked
 
     async def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
         return await self.reserve(plan, 0, dry=True, counters_only=counters_only)
@@ -223,16 +240,15 @@ class SyncQuotaStore(SyncOperations, _Base):
             self._registered = {name: client.register_script(src) for name, src in _codec.SCRIPTS.items()}
         return self._registered
 
-    def reserve(
-        self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
-    ) -> Reservation | Blocked:
+    @property
+    def cluster(self) -> bool:  # one reserve_first call per slot group
+        return self.target.cluster
+
+    def _run_reserve(self, keys: list, args: list) -> list:
         try:
-            reply = self._scripts["reserve"](
-                keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
-            )
+            return self._scripts["reserve"](keys=keys, args=args)
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
-        return _codec.parse_reserve(plan, tokens, reply)
 
     def clamped_on(self, day: int) -> int:
         """How many provider values were bounded on UTC day ``day`` (see ``QuotaStore.count_clamped``)."""
