@@ -211,8 +211,8 @@ def _worker(sim_url: str, redis_url: str, name: str, priority: int) -> None:  # 
     from router_plugin.demo import demo_config
     from router_plugin.events import Observer
 
-    config = demo_config(sim_url, redis_url=redis_url, chain=(MODEL,), max_wait_s=120, redis_timeout_s=5,
-                         calibration={"interval_s": 0})
+    config = demo_config(sim_url, redis_url=redis_url, chain=(MODEL,), max_wait_s=300, redis_timeout_s=5,
+                         calibration={"interval_s": 0}, timeouts={"total_s": 300})  # slow process starts: patience
     router = build_router(config)
     log = redis.Redis.from_url(redis_url)
 
@@ -254,7 +254,7 @@ def test_waiting_workers_are_admitted_in_priority_then_arrival_order(sim, redis_
             proc = ctx.Process(target=_worker, args=(sim.base_url, redis_url, name, priority), daemon=True)
             proc.start()
             procs.append(proc)
-            end = time.monotonic() + 120
+            end = time.monotonic() + 200
             while _line_size(redis_url) < i:  # each one waits in line before the next arrives
                 assert time.monotonic() < end, f"{name} never joined the line"
                 hold()
@@ -262,7 +262,7 @@ def test_waiting_workers_are_admitted_in_priority_then_arrival_order(sim, redis_
         # nobody is admitted while the pool is held; then the hold ends and the line moves
         assert client.lrange("test:admitted", 0, -1) == []
         for proc in procs:
-            proc.join(120)
+            proc.join(200)
         assert [p.exitcode for p in procs] == [0] * len(procs)
     finally:
         for proc in procs:
