@@ -313,7 +313,7 @@ def pool_usage(store: SyncQuotaStore, plan: DeploymentPlan, limits: tuple[LimitS
                 allowed = min(day.limit, burst)
             out["pace"] = {"allowed_so_far": math.floor(allowed + 1e-6), "used": day.used, "burst": burst}
     if day is not None:
-        fc = forecast(day.remaining, day.limit, day.resets_at, served["last_hour"], now)
+        fc = forecast(day.remaining, day.limit, day.resets_at, served["last_hour"], now, rolling=day.kind == "refill")
         fc["runs_out_at_utc"] = utc_iso(fc["runs_out_at"])
         out["forecast"] = fc
     return out
@@ -396,6 +396,11 @@ def render_status(snap: Snapshot, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def lim_kind(pool: PoolStatus) -> str:
+    day = _day_limit(pool.limits)
+    return day.kind if day is not None else "fixed"
+
+
 def render_usage(snap: Snapshot) -> list[str]:
     """Issue 17's lines: per pool who used it today, the reserve, the pace, the forecast; who waits in line."""
     lines: list[str] = []
@@ -426,7 +431,8 @@ def render_usage(snap: Snapshot) -> list[str]:
         if fc and fc.get("rate_per_h"):
             rate = f"{fc['rate_per_h']:g}/h"
             if fc.get("lasts"):
-                said.append(f"forecast: at the last hour's rate ({rate}) the day lasts until its reset")
+                said.append(f"forecast: at the last hour's rate ({rate}) the day lasts"
+                            + ("" if lim_kind(pool) == "refill" else " until its reset"))
             elif fc.get("runs_out_at") is not None and fc["runs_out_at"] <= snap.now:
                 said.append(f"forecast: the day is used up (last hour {rate})")
             else:

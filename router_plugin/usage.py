@@ -150,12 +150,19 @@ def read_usage(client: Any, prefix: str, slot: str, now_s: float) -> dict[str, A
     return {**per, "last_hour": last_hour}
 
 
-def forecast(remaining: int, capacity: int, resets_at: float | None, last_hour: int, now_s: float) -> dict[str, Any]:
+def forecast(remaining: int, capacity: int, resets_at: float | None, last_hour: int, now_s: float,
+             rolling: bool = False) -> dict[str, Any]:
     """At the last hour's rate, when does the day run out? ``{"rate_per_h", "runs_out_at" (epoch s | None),
-    "lasts": True when it outlasts the day's reset}``."""
+    "lasts": True when it outlasts the day's reset}``. ``rolling``: a day that refills continuously (Groq,
+    capacity / 24 h): it runs out only while the rate beats the refill, and has no reset to outlast."""
     rate = float(last_hour)
     if remaining <= 0:
         return {"rate_per_h": rate, "runs_out_at": now_s, "lasts": False}
+    if rolling:
+        net = rate - capacity / 24.0
+        if net <= 0:
+            return {"rate_per_h": rate, "runs_out_at": None, "lasts": True}
+        return {"rate_per_h": rate, "runs_out_at": now_s + remaining / net * HOUR_S, "lasts": False}
     if rate <= 0:
         return {"rate_per_h": 0.0, "runs_out_at": None, "lasts": True}
     at = now_s + remaining / rate * HOUR_S
