@@ -863,8 +863,27 @@ def find_problems(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[s
         return raw, errors
     for i, entry in enumerate(model_list):
         errors.extend(_entry_problems(i, entry, where, settings))
-    errors.extend(policy_problems(settings.policy, model_list, where))
+    errors.extend(policy_problems(_policy_entries(section, where), model_list, where))
     return raw, errors
+
+
+def _policy_entries(section: Any, where: str) -> Policy:
+    """The ``pace`` / ``shares`` entries that are valid on their own (a bad entry beside them must not hide that
+    another one names a model no deployment uses)."""
+    pace: dict[str, Pace] = {}
+    fractions: dict[str, float] = {}
+    for name in ("pace", "shares"):
+        block = section.get(name) if isinstance(section, Mapping) else None
+        for key, value in (block.items() if isinstance(block, Mapping) else ()):
+            if key == "per":
+                continue
+            try:
+                policy = _parse_policy({name: {key: value}}, where)
+            except ConfigError:
+                continue
+            pace.update(policy.pace)
+            fractions.update(policy.shares.fractions if policy.shares else {})
+    return Policy(pace=pace, shares=Shares(fractions=fractions) if fractions else None)
 
 
 def _entry_problems(i: int, entry: Any, where: str, settings: Settings) -> list[ConfigError]:

@@ -45,7 +45,7 @@ KEY_PRIORITY_KEY = "router_plugin_priority"
 #: Request metadata set by the proxy hook when the priority came from this header (so an error names it).
 PRIORITY_HEADER = "x-router-plugin-priority"
 PRIORITY_SOURCE_KEY = "router_plugin_priority_source"
-MAX_PRIORITY = 1_000_000
+MAX_PRIORITY = 2**31 - 1  # anything larger is surely a mistake
 
 SHARE_PREFIX = "share:"
 #: Where the identity of ``shares.per`` is in the request metadata (LiteLLM's proxy fills these from the virtual
@@ -180,6 +180,28 @@ def _day_counters(plan: DeploymentPlan) -> list[Counter]:
 
 def _pool_word(plan: DeploymentPlan) -> str:
     return "OpenRouter" if plan.provider == "openrouter" else plan.model
+
+
+# ---- the extra counters in the request's state (plain values: LiteLLM copies and serialises metadata) ------
+
+
+def extra_to_state(counters: Any) -> list[list]:
+    """A reservation's extra counters (a share) as plain values for the request's state, so that the callbacks
+    settle and refund them with the pool's counters (an attempt that never left gives its share back too)."""
+    return [[c.key, c.limit.name, c.limit.capacity, c.limit.window_s, c.limit.kind, c.limit.unit, c.label]
+            for c in counters or ()]
+
+
+def extra_from_state(value: Any) -> tuple[Counter, ...]:
+    """The counters :func:`extra_to_state` wrote; anything malformed is left out (never fails a callback)."""
+    out = []
+    for item in value if isinstance(value, (list, tuple)) else ():
+        try:
+            key, name, capacity, window_s, kind, unit, label = item
+            out.append(Counter(str(key), Limit(str(name), int(capacity), int(window_s), kind, unit), str(label)))
+        except (TypeError, ValueError):
+            continue
+    return tuple(out)
 
 
 # ---- the admission policy ---------------------------------------------------------------------------------------

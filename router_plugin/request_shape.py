@@ -105,7 +105,7 @@ def problem(messages: Any, request: Mapping[str, Any], chat: bool = True) -> str
         if value is not None and not (_is_list(value) and all(isinstance(_as_mapping(v), Mapping) for v in value)):
             return f"'{name}' must be a list of objects, got {_kind(value)}"
     found = priority_problem(request.get("metadata") or request.get("litellm_metadata"))
-    if found:  # the queue position of the request (priority.py): refused before anything is reserved
+    if found:  # the request's priority (priority.py): refused before anything is reserved
         return found
     fmt = request.get("response_format")
     if fmt is not None and not isinstance(fmt, (Mapping, type)):

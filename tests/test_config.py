@@ -488,3 +488,5 @@ def test_check_reports_every_policy_problem_at_once():
                                            shares={"per": "org"}))
     assert {e.key for e in errors} >= {"router_plugin.priority.reserve", "router_plugin.pace.openrouter.burst",
                                        "router_plugin.shares.per"}
+    _, errors = find_problems(with_section(pace={"openrouter": {"burst": 0}, "groq/openai/gpt-oss-12b": True}))
+    assert {e.key for e in errors} >= {"router_plugin.pace.openrouter.burst", "router_plugin.pace.groq/openai/gpt-oss-12b"}

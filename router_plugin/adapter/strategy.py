@@ -39,6 +39,7 @@ from ..config import Settings
 from ..events import Events
 from ..limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
 from ..redact import remember, scrub
+from ..priority import extra_to_state
 from ..request_shape import problem as shape_problem
 from ..routing import RETRY_AFTER_BOUND_S, UNSENT_KEY, Skip  # noqa: F401  (re-exported: the walk's names)
 from ..routing import describe_blocked as _describe_blocked  # noqa: F401
@@ -349,6 +350,7 @@ class _Request:
             remaining={s.counter.limit.name: s.remaining for s in reservation.states} if reservation else {},
             strikes=reservation.strikes if reservation else strikes,
             sent=False,  # set by SentSignal when LiteLLM hands the attempt to the provider
+            extra=extra_to_state(reservation.extra) if reservation else [],  # e.g. a key's share (priority.py)
         )
         skipped = [(s.plan.model, s.why) for s in self.skipped]
         if log.isEnabledFor(logging.INFO):

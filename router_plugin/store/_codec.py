@@ -11,6 +11,33 @@ from ..limits import Counter, DeploymentPlan, Limit
 SCRIPTS = {name: (Path(__file__).with_name(f"{name}.lua")).read_text() for name in ("reserve", "adjust", "mark")}
 
 
+def _indent(src: str) -> str:
+    return "\n".join("  " + line if line.strip() else line for line in src.splitlines())
+
+
+# adjust.lua then reserve.lua in one call (deferred settles folded into a reservation, batch.py): each script's
+# text unchanged inside a function of its own KEYS / ARGV.
+# KEYS: the adjust keys (ARGV[1] of them), then the reservation's; ARGV[2]: how many ARGV the adjust part has,
+# then the adjust ARGV, then the reservation's. Reply: reserve.lua's.
+SCRIPTS["adjust_reserve"] = f"""local function adjust(KEYS, ARGV)
+{_indent(SCRIPTS["adjust"])}
+end
+local function reserve(KEYS, ARGV)
+{_indent(SCRIPTS["reserve"])}
+end
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ak, aa, rk, ra = {{}}, {{}}, {{}}, {{}}
+for i = 1, #KEYS do
+  if i <= nk then ak[#ak + 1] = KEYS[i] else rk[#rk + 1] = KEYS[i] end
+end
+for i = 3, #ARGV do
+  if i - 2 <= na then aa[#aa + 1] = ARGV[i] else ra[#ra + 1] = ARGV[i] end
+end
+adjust(ak, aa)
+return reserve(rk, ra)
+"""
+
+
 @dataclass(frozen=True)
 class CounterState:
     counter: Counter
@@ -227,6 +254,23 @@ def adjust_args(ops: Iterable[tuple[Counter, str, float, int]]) -> list:
         limit = counter.limit
         args += [_kind(limit), limit.capacity, limit.window_ms, op, value, window]
     return args
+
+
+def adjust_call(keys: "KeySpace", items: Iterable) -> tuple[list[str], list]:
+    """KEYS and ARGV of one adjust.lua call carrying every deferred item (``batch.Deferred``) in order."""
+    all_keys: list[str] = []
+    ops: list = []
+    for item in items:
+        for op in item.ops:
+            all_keys.append(keys.counter(item.plan, op[0]))
+            ops.append(op)
+    return all_keys, adjust_args(ops)
+
+
+def folded_call(adjust: tuple[list[str], list], reserve: tuple[list[str], list]) -> tuple[list[str], list]:
+    """KEYS and ARGV of ``adjust_reserve``: an adjust call, then a reserve call, in one script."""
+    (akeys, aargs), (rkeys, rargs) = adjust, reserve
+    return akeys + rkeys, [len(akeys), len(aargs), *aargs, *rargs]
 
 
 def settle_ops(reservation: Reservation, actual_tokens: int,

@@ -289,7 +289,15 @@ def script_mark(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any])
     return _reply([until_ms, strikes])
 
 
+def script_adjust_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
+    """_codec.SCRIPTS["adjust_reserve"]: adjust.lua, then reserve.lua, in one atomic call."""
+    nk, na = int(_num(argv[0])), int(_num(argv[1]))
+    script_adjust(db, now, keys[:nk], argv[2:2 + na])
+    return script_reserve(db, now, keys[nk:], argv[2 + na:])
+
+
 SCRIPTS: dict[str, Callable[[_Hashes, int, Sequence[str], Sequence[Any]], Reply]] = {
+    "adjust_reserve": script_adjust_reserve,
     "reserve": script_reserve,
     "adjust": script_adjust,
     "mark": script_mark,

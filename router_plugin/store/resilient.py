@@ -723,6 +723,40 @@ class ResilientQuotaStore(QuotaStore):
         if ops:
             await self._guarded("adjust counters", lambda: QuotaStore._adjust(self, plan, ops), locally)
 
+    def settle_later(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
+        """``settle`` off the request's path (batch.py); while Redis is unreachable the flush applies it where
+        ``settle`` would have (the local limiter, replayed later)."""
+        seen = list(seen)
+        plan, settle_only = reservation.plan, _codec.settle_ops(reservation, actual_tokens)
+        if self.guard.owns(reservation):  # made locally during an outage: its cost is here, settle it here
+            if settle_only:
+                self.guard.local_adjust(plan, settle_only)
+            if seen:
+                self.guard.local_calibrate(plan, seen)
+            return
+
+        def locally() -> None:
+            if settle_only:
+                self.guard.local_adjust(plan, settle_only, only_increases=True)
+            if seen:
+                self.guard.local_calibrate(plan, seen)
+
+        self._defer(plan, _codec.settle_ops(reservation, actual_tokens, seen), locally)
+
+    def calibrate_later(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        facts = list(facts)
+        self._defer(plan, _codec.calibrate_ops(plan, facts), lambda: self.guard.local_calibrate(plan, facts))
+
+    async def _send_group(self, group: list) -> None:
+        """A flush under the fault policy: fail_open applies what Redis cannot take to the local limiter (it is
+        replayed when Redis answers again); fail_closed raises, and the flush keeps them queued."""
+        def locally() -> None:
+            for item in group:
+                if item.locally is not None:
+                    item.locally()
+
+        await self._guarded("adjust counters", lambda: QuotaStore._send_group(self, group), locally)
+
     async def refund(self, reservation: Reservation, requests: bool = False) -> None:
         await self._adjust_for(reservation, _codec.refund_ops(reservation, requests))
 
