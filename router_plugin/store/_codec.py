@@ -94,9 +94,17 @@ class KeySpace:
 
     prefix: str = "rp:"
     _cache: dict = field(default_factory=dict, repr=False)
+    _counters: dict = field(default_factory=dict, repr=False)
 
     def counter(self, plan: DeploymentPlan, counter: Counter) -> str:
-        return f"{self.prefix}{{{plan.slot}}}:c:{counter.key}"
+        key = (plan.slot, counter.key)  # every reservation and settle names its counters: built once
+        name = self._counters.get(key)
+        if name is None:
+            name = f"{self.prefix}{{{plan.slot}}}:c:{counter.key}"
+            if len(self._counters) > 100_000:  # bounded (extra counters may be per key or user)
+                self._counters.clear()
+            self._counters[key] = name
+        return name
 
     def model(self, plan: DeploymentPlan) -> str:
         return f"{self.prefix}{{{plan.slot}}}:model:{plan.model.split('/', 1)[-1]}"

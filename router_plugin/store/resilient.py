@@ -741,7 +741,7 @@ class ResilientQuotaStore(QuotaStore):
             if seen:
                 self.guard.local_calibrate(plan, seen)
 
-        self._defer(plan, _codec.settle_ops(reservation, actual_tokens, seen), locally)
+        self._defer(plan, settle_only + _codec.calibrate_ops(plan, seen) if seen else settle_only, locally)
 
     def calibrate_later(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
         facts = list(facts)
