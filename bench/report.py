@@ -450,6 +450,15 @@ def readme_block(results: dict) -> str:
                    + "; ".join(f"{configs.LABELS[r['setup']]} served {r['served']}, {r['p429']} provider 429s"
                                for r in day["runs"]) + ".")
         out.append("")
+    prio = results.get("priority")
+    if prio:
+        rows = {r["setup"]: r["by_priority"] for r in prio["runs"]}
+        out.append(f"A scarce day with priorities ({prio['requests']} chat requests, {prio['interactive']} interactive "
+                   f"at priority 0 and {prio['background']} background at priority 1, a day of {prio['day_capacity']}): "
+                   + "; ".join(f"{prio['labels'][s]} served {b['interactive']['served_pct']:.1f}% of the interactive "
+                               f"and {b['background']['served_pct']:.1f}% of the background requests"
+                               for s, b in rows.items()) + ".")
+        out.append("")
     ov = results.get("overhead", {}).get("routing")
     if ov:
         parts = []
