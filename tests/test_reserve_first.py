@@ -267,3 +267,35 @@ def test_a_walk_past_three_full_deployments_costs_one_store_call(sim, redis_url,
     with pytest.raises(Exception) as refused:
         router.get_available_deployment(model=DEMO_GROUP, messages=msg, request_kwargs={"metadata": {}})
     assert "exhausted (test) until" in str(refused.value) and _script_calls(client) == 1  # refusal: one call too
+
+
+@pytest.mark.integration
+def test_the_walk_reserves_what_the_admission_asks(sim, redis_url):
+    """``self.admission.ask`` builds every candidate's Ask: here an extra counter of 1 that the walk must fit."""
+    import asyncio
+
+    import router_plugin
+    from router_plugin.adapter.installer import installed
+    from router_plugin.adapter.strategy import QuotaRouting
+    from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
+
+    share = fixed("share:test", 1, 600)
+
+    class OneShare:
+        def ask(self, plan, tokens, metadata=None, now_s=None):
+            return Ask(plan, tokens, extra=(share,) if plan.metered else ())
+
+    router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(DEMO_CHAIN[2],),
+                                                    calibration={"interval_s": 0}))
+    inst = installed(router)
+    strategy = next(v for v in vars(inst).values() if isinstance(v, QuotaRouting))
+    strategy.admission = OneShare()
+    msg = [{"role": "user", "content": "hi"}]
+
+    async def twice():
+        await router.acompletion(model=DEMO_GROUP, messages=msg, max_tokens=8)
+        with pytest.raises(router_plugin.QuotaExhaustedError) as refused:  # the extra counter (1) is spent
+            await router.acompletion(model=DEMO_GROUP, messages=msg, max_tokens=8)
+        return refused.value
+
+    assert "share:test limit" in str(asyncio.run(twice()))
