@@ -49,6 +49,12 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                     f"worker{'s' if worst['workers'] > 1 else ''}, burst {worst['requests']}); provider 429s over all "
                     f"{len(rows)} runs: {p429}{note}",
                     served_pct(worst) >= 99.0 and p429 == 0))
+    if "priority" in results:
+        from .priority import target
+
+        found = target(results["priority"])
+        if found:
+            out.append(found)
     ov = results.get("overhead", {}).get("routing")
     if ov:
         for p in results["overhead"]["providers"]:
@@ -124,6 +130,10 @@ def write_markdown(results: dict, path: Path) -> None:
         _day_md(results["day"], add)
     if "overhead" in results:
         _overhead_md(results["overhead"], add)
+    if "priority" in results:
+        from .priority import markdown
+
+        markdown(results["priority"], add)
     add("## Rerun")
     add("")
     add("```bash")
@@ -337,8 +347,13 @@ def write_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    (a1, a2), (a3, a4) = axes
+    with_priority = "priority" in results
+    fig, axes = plt.subplots(3 if with_priority else 2, 2, figsize=(13, 13.5 if with_priority else 9))
+    (a1, a2), (a3, a4) = axes[:2]
+    if with_priority:
+        from .priority import plot
+
+        plot(results["priority"], *axes[2])
     rows = results.get("quota", [])
     for setup in ORDER:
         for w in sorted({r["workers"] for r in rows}):
@@ -434,6 +449,15 @@ def readme_block(results: dict) -> str:
                    f"{day['day_seconds']:.0f} s day): "
                    + "; ".join(f"{configs.LABELS[r['setup']]} served {r['served']}, {r['p429']} provider 429s"
                                for r in day["runs"]) + ".")
+        out.append("")
+    prio = results.get("priority")
+    if prio:
+        rows = {r["setup"]: r["by_priority"] for r in prio["runs"]}
+        out.append(f"A scarce day with priorities ({prio['requests']} chat requests, {prio['interactive']} interactive "
+                   f"at priority 0 and {prio['background']} background at priority 1, a day of {prio['day_capacity']}): "
+                   + "; ".join(f"{prio['labels'][s]} served {b['interactive']['served_pct']:.1f}% of the interactive "
+                               f"and {b['background']['served_pct']:.1f}% of the background requests"
+                               for s, b in rows.items()) + ".")
         out.append("")
     ov = results.get("overhead", {}).get("routing")
     if ov:

@@ -140,7 +140,8 @@ class Worker:
             delay = t0 + item["at"] - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            out = await send(self.router, self.index, item["i"], item["text"], item["max_tokens"])
+            out = await send(self.router, self.index, item["i"], item["text"], item["max_tokens"],
+                             item.get("metadata"))
             out["sched"] = item["at"]
             return out
 
@@ -237,10 +238,10 @@ def classify(exc: BaseException) -> str:
     return "error"
 
 
-async def send(router, worker: int, i: int, text: str, max_tokens: int) -> dict:
+async def send(router, worker: int, i: int, text: str, max_tokens: int, metadata: dict | None = None) -> dict:
     from .configs import GROUP, MODEL_OF_ID
 
-    metadata: dict = {}
+    metadata = dict(metadata or {})  # e.g. {"priority": 1} (bench/priority.py)
     t0 = time.time()
     started = time.perf_counter()
     try:

@@ -235,7 +235,7 @@ def _status(args: argparse.Namespace) -> int:
     errors = _store_errors()
 
     def snapshot():
-        return take_snapshot(store, plans, config=cfg.source)
+        return take_snapshot(store, plans, config=cfg.source, settings=cfg.settings)
 
     if not args.watch:
         try:

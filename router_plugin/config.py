@@ -106,6 +106,7 @@ class Settings:
     openrouter_tier: str = "free"  # "free" -> 50/day, "funded" -> 1000/day
     limits: Mapping[str, LimitOverride] = field(default_factory=dict)
     max_wait_s: float = 0.0
+    max_waiters: int = 1000  # per model group: requests waiting in line (max_wait_s > 0) past it are refused at once
     # How much later than its reservation a request may reach the provider (event-loop queueing, network).
     # Refill buckets credit drain only after this margin; fixed windows count reservations made this close
     # to a window's end in the next window too. Costs no throughput in steady state; keeps 429s at zero.
@@ -144,7 +145,7 @@ class PluginConfig:
 
 
 _SECTION_KEYS = {
-    "redis_url", "embedded_path", "key_prefix", "redis_timeout_s", "openrouter", "limits", "max_wait_s",
+    "redis_url", "embedded_path", "key_prefix", "redis_timeout_s", "openrouter", "limits", "max_wait_s", "max_waiters",
     "arrival_margin_s", "allow_paid", "default_max_tokens", "cooldowns", "on_store_error", "expected_workers",
     "redis_cluster", "timeouts", "calibration", "metrics", "priority", "pace", "shares",
 }
@@ -506,6 +507,7 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         openrouter_tier=tier,
         limits=_parse_limits(section.get("limits"), where),
         max_wait_s=_number(section, "max_wait_s", 0.0, where),
+        max_waiters=int(_number(section, "max_waiters", 1000, where, positive=True, integer=True)),
         arrival_margin_s=_number(section, "arrival_margin_s", 2.0, where),
         allow_paid=_bool(section, "allow_paid", False, where),
         default_max_tokens=int(_number(section, "default_max_tokens", 1024, where, positive=True, integer=True)),

@@ -24,7 +24,17 @@ host agrees on "resets in 3h12m".
                       "state": "ok" | "cooling" | "quarantined" | "unmetered",
                       "reason": "quarantined: No endpoints found for ..." | null,
                       "until": epoch s | null, "until_utc": "...Z" | null, "until_in_s": s | null,
-                      "strikes": 1}]}
+                      "strikes": 1}],
+     "waiting": {"free-chat": {"0": 1, "1": 4}}}                      # who waits in each group's line now
+
+Each pool also has (issue 17; null when unknown or not configured)::
+
+     "served_today": {"priority": {"0": 12, "1": 30}, "key": {"alice": 20}, "team": {"research": 20},
+                      "last_hour": 9},                                  # served requests (best effort counts)
+     "reserved_for_priority_0": {"minute": 4, "day": 10} | null,       # priority.reserve of each limit
+     "pace": {"allowed_so_far": 21, "used": 18, "burst": 3} | null,    # the day's pace, when pace is on
+     "forecast": {"rate_per_h": 9.0, "runs_out_at": epoch s | null, "runs_out_at_utc": "..." | null,
+                  "lasts": false}                                        # at the last hour's rate
 
 Fixed windows (OpenRouter minute / UTC day) reset at the window's end (``resets_at`` is null when nothing is used);
 for refill buckets (Groq) ``resets_at`` is when the bucket has drained empty while there is room left, and, once it is
@@ -112,10 +122,14 @@ class PoolStatus:
     provider: str | None
     deployments: tuple[str, ...]
     limits: tuple[LimitStatus, ...]
+    # issue 17: {"served_today": {"priority": {"0": n}, "key": {label: n}, "team": {id: n}, "last_hour": n},
+    #            "reserved_for_priority_0": {counter: units}, "pace": {"allowed_so_far", "used", "burst"} | None,
+    #            "forecast": {"rate_per_h", "runs_out_at", "runs_out_at_utc", "lasts"} | None}
+    usage: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "provider": self.provider, "deployments": list(self.deployments),
-                "limits": [lim.as_dict(now) for lim in self.limits]}
+                "limits": [lim.as_dict(now) for lim in self.limits], **self.usage}
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Snapshot:
     deployments: tuple[DeploymentStatus, ...]
     config: str | None = None
     clamped_today: int | None = None  # provider values bounded today (providers/bounds.py); None: unknown
+    waiting: dict[str, dict[int, int]] = dataclasses.field(default_factory=dict)  # group -> {priority: waiters}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +172,7 @@ class Snapshot:
             "pools": [p.as_dict(self.now) for p in self.pools],
             "deployments": [d.as_dict(self.now) for d in self.deployments],
             "provider_values_clamped_today": self.clamped_today,
+            "waiting": {g: {str(p): n for p, n in w.items()} for g, w in self.waiting.items()},
         }
 
     def pool(self, label_or_id: str) -> PoolStatus | None:
@@ -259,8 +275,54 @@ def deployment_status(store: SyncQuotaStore, plan: DeploymentPlan, now: float) -
     return DeploymentStatus(state=state, reason=reason, until=until, strikes=strikes_n, **base)
 
 
-def take_snapshot(store: SyncQuotaStore, plans: Iterable[DeploymentPlan], config: str | None = None) -> Snapshot:
-    """Every distinct pool's counters and every deployment's cooldown, read from the shared store."""
+def _day_limit(limits: Iterable[LimitStatus]) -> LimitStatus | None:
+    days = [lim for lim in limits if lim.window_s == 86_400 and lim.unit == "requests"]
+    return min(days, key=lambda lim: lim.remaining) if days else None
+
+
+def pool_usage(store: SyncQuotaStore, plan: DeploymentPlan, limits: tuple[LimitStatus, ...], now: float,
+               settings: Any = None) -> dict[str, Any]:
+    """Issue 17's part of a pool's status: served today per priority / key / team, what is kept for priority 0,
+    the pace (allowed so far / used) and the forecast at the last hour's rate. Best effort: {} if unreadable."""
+    from .usage import forecast, read_usage
+
+    out: dict[str, Any] = {"served_today": None, "reserved_for_priority_0": None, "pace": None, "forecast": None}
+    try:
+        served = read_usage(store.client, store.keys.prefix, plan.slot, now)
+    except Exception:  # older servers, ACLs: the tables above still show
+        return out
+    out["served_today"] = served
+    policy = getattr(settings, "policy", None)
+    reserve = float(getattr(policy, "reserve", 0.0) or 0.0)
+    if reserve > 0:
+        out["reserved_for_priority_0"] = {lim.counter: lim.limit - math.floor(lim.limit * (1 - reserve) + 1e-6)
+                                          for lim in limits}
+    day = _day_limit(limits)
+    pace_table = getattr(policy, "pace", None) or {}
+    if day is not None and pace_table:
+        try:
+            from .priority import _lookup
+            pace = _lookup(pace_table, plan)
+        except ImportError:  # pragma: no cover
+            pace = None
+        if pace is not None:
+            burst = pace.burst if pace.burst is not None else max(1, math.ceil(day.limit / 24))
+            if day.kind == "fixed":
+                allowed = min(day.limit, burst + day.limit * (now % 86_400) / 86_400)
+            else:  # a rolling day: the level may reach the burst; it refills at capacity / day
+                allowed = min(day.limit, burst)
+            out["pace"] = {"allowed_so_far": math.floor(allowed + 1e-6), "used": day.used, "burst": burst}
+    if day is not None:
+        fc = forecast(day.remaining, day.limit, day.resets_at, served["last_hour"], now, rolling=day.kind == "refill")
+        fc["runs_out_at_utc"] = utc_iso(fc["runs_out_at"])
+        out["forecast"] = fc
+    return out
+
+
+def take_snapshot(store: SyncQuotaStore, plans: Iterable[DeploymentPlan], config: str | None = None,
+                  settings: Any = None) -> Snapshot:
+    """Every distinct pool's counters and every deployment's cooldown, read from the shared store; with
+    ``settings``, also the reserve and pace of issue 17; always who waits in each group's line and usage."""
     plans = list(plans)
     now = redis_now(store)
     pools: dict[str, dict[str, Any]] = {}
@@ -280,11 +342,24 @@ def take_snapshot(store: SyncQuotaStore, plans: Iterable[DeploymentPlan], config
             status, now = counter_status(store, plan, counter)
             limits.append(status)
         first: DeploymentPlan = pool["plan"]
-        pool_rows.append(PoolStatus(slot, first.pool_label, first.provider, tuple(pool["deployments"]), tuple(limits)))
+        limits_t = tuple(limits)
+        pool_rows.append(PoolStatus(slot, first.pool_label, first.provider, tuple(pool["deployments"]), limits_t,
+                                    pool_usage(store, first, limits_t, now, settings)))
     deployments = tuple(deployment_status(store, plan, now) for plan in plans)
     clamped_on = getattr(store, "clamped_on", None)
     clamped = clamped_on(int(now // 86_400)) if clamped_on is not None else None
-    return Snapshot(now, store.target.describe(), store.keys.prefix, tuple(pool_rows), deployments, config, clamped)
+    waiting: dict[str, dict[int, int]] = {}
+    try:
+        from .store.queue import waiting_by_priority
+
+        for group in dict.fromkeys(plan.model_name for plan in plans):
+            line = waiting_by_priority(store.client, store.keys.prefix, group)
+            if line:
+                waiting[group] = line
+    except Exception:  # best effort, as the usage counts
+        waiting = {}
+    return Snapshot(now, store.target.describe(), store.keys.prefix, tuple(pool_rows), deployments, config, clamped,
+                    waiting)
 
 
 # ---- text -----------------------------------------------------------------------------------------------------
@@ -310,6 +385,7 @@ def render_status(snap: Snapshot, title: str | None = None) -> str:
         lines.append(render_table(table))
     else:
         lines.append("(no metered deployments)")
+    lines += render_usage(snap)
     lines.append("")
     dep_table: list[tuple] = [("deployment", "group", "state", "until (UTC)", "reason")]
     for d in snap.deployments:
@@ -318,6 +394,57 @@ def render_status(snap: Snapshot, title: str | None = None) -> str:
     if snap.clamped_today is not None:
         lines += ["", f"provider values clamped today: {snap.clamped_today}"]
     return "\n".join(lines)
+
+
+def lim_kind(pool: PoolStatus) -> str:
+    day = _day_limit(pool.limits)
+    return day.kind if day is not None else "fixed"
+
+
+def render_usage(snap: Snapshot) -> list[str]:
+    """Issue 17's lines: per pool who used it today, the reserve, the pace, the forecast; who waits in line."""
+    lines: list[str] = []
+    for pool in snap.pools:
+        u = pool.usage
+        if not u:
+            continue
+        said = []
+        served = u.get("served_today") or {}
+        prios = served.get("priority") or {}
+        if prios:
+            said.append("served today by priority: " + ", ".join(f"{p}: {n}" for p, n in prios.items()))
+        for what in ("key", "team"):
+            who = served.get(what) or {}
+            if who:
+                top = sorted(who.items(), key=lambda kv: -kv[1])[:8]
+                said.append(f"served today per {what}: " + ", ".join(f"{k}: {n}" for k, n in top)
+                            + (f" (+{len(who) - 8} more)" if len(who) > 8 else ""))
+        kept = u.get("reserved_for_priority_0")
+        if kept:
+            names = {lim.counter: lim.name for lim in pool.limits}
+            said.append("kept for priority 0: " + ", ".join(f"{n} {names.get(c, c)}" for c, n in kept.items()))
+        pace = u.get("pace")
+        if pace:
+            said.append(f"pace: {pace['used']} used of {pace['allowed_so_far']} allowed so far today "
+                        f"(burst {pace['burst']})")
+        fc = u.get("forecast")
+        if fc and fc.get("rate_per_h"):
+            rate = f"{fc['rate_per_h']:g}/h"
+            if fc.get("lasts"):
+                said.append(f"forecast: at the last hour's rate ({rate}) the day lasts"
+                            + ("" if lim_kind(pool) == "refill" else " until its reset"))
+            elif fc.get("runs_out_at") is not None and fc["runs_out_at"] <= snap.now:
+                said.append(f"forecast: the day is used up (last hour {rate})")
+            else:
+                at = time.strftime("%H:%M UTC", time.gmtime(fc["runs_out_at"]))
+                said.append(f"forecast: at the last hour's rate ({rate}) the day runs out at {at}")
+        if said:
+            lines += ["", f"{pool.label}:"] + [f"  {line}" for line in said]
+    for group, line in snap.waiting.items():
+        total = sum(line.values())
+        lines += ["", f"waiting in line for '{group}': {total} ("
+                  + ", ".join(f"priority {p}: {n}" for p, n in line.items()) + ")"]
+    return lines
 
 
 def render_table(table: list[tuple]) -> str:

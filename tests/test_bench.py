@@ -24,7 +24,7 @@ def test_tiny_bench_writes_well_formed_results(tmp_path):
     plot = importlib.util.find_spec("matplotlib") is not None
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)] + ([] if plot else ["--no-plot"])
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())
@@ -56,8 +56,21 @@ def test_tiny_bench_writes_well_formed_results(tmp_path):
     for mode in ("sequential", "pipelined", "concurrent_async"):
         assert overhead["store"][mode]["ok"] == overhead["store"][mode]["n"] == 1000
 
+    prio = results["priority"]  # part 4: a day with 20% interactive / 80% background on a scarce day (issue 17)
+    assert [r["setup"] for r in prio["runs"]] == ["plugin_priority", "plugin", "stock"]
+    assert prio["interactive"] + prio["background"] == prio["requests"] == 40
+    assert prio["day_capacity"] < prio["requests"]  # the day is scarce
+    for run in prio["runs"]:
+        bp = run["by_priority"]
+        assert bp["interactive"]["requests"] == prio["interactive"] and bp["background"]["requests"] == prio["background"]
+        assert bp["interactive"]["served"] + bp["background"]["served"] == run["served"]
+        assert len(bp["interactive"]["cum_served"]) == 25
+        assert run["errors"] == 0, run["error_samples"]
+
     md = (tmp_path / "results.md").read_text()
-    for heading in ("## Targets", "## 1. Quota efficiency", "## 2. A day in the life", "## 3. Routing overhead"):
+    assert "| (a) router_plugin, priority reserve 0.2 |" in md
+    for heading in ("## Targets", "## 1. Quota efficiency", "## 2. A day in the life", "## 3. Routing overhead",
+                    "## 4. A day in the life with priorities"):
         assert heading in md
     assert "python -m bench --tiny" in md
     if plot:

@@ -112,8 +112,9 @@ def test_status_shows_pools_resets_cooldowns_and_quarantine(sim, redis_url, tmp_
 
 
 STATUS_KEYS = {"schema", "now", "now_utc", "store", "key_prefix", "config", "pools", "deployments",
-               "provider_values_clamped_today"}
-POOL_KEYS = {"id", "label", "provider", "deployments", "limits"}
+               "provider_values_clamped_today", "waiting"}
+POOL_KEYS = {"id", "label", "provider", "deployments", "limits", "served_today", "reserved_for_priority_0", "pace",
+             "forecast"}
 LIMIT_KEYS = {"counter", "name", "unit", "window_s", "kind", "used", "limit", "remaining", "resets_at",
               "resets_at_utc", "resets_in_s", "state", "reason"}
 DEPLOYMENT_KEYS = {"group", "model", "provider", "pool", "context_window", "state", "reason", "until", "until_utc",
@@ -161,6 +162,56 @@ def test_status_json_schema_and_provider_blocks(sim, redis_url, tmp_path, capsys
     code, out, _ = run(capsys, "status", "--config", path)
     day_line = next(line for line in out.splitlines() if line.strip().startswith("requests/day") and "50 / 50" in line)
     assert "blocked: exhausted (provider 429)" in day_line and "00:00:00 (in " in day_line
+
+
+def test_status_shows_use_per_priority_and_key_reserve_pace_forecast_and_the_line(sim, redis_url, tmp_path,
+                                                                                   capsys):
+    """Issue 17 item 5: served requests per priority and per key / team, what is kept for priority 0, the pace,
+    the forecast at the last hour's rate, and who waits in line."""
+    from router_plugin.store import QuotaStore, resolve_target
+    from router_plugin.store.queue import WaitQueue
+
+    path = write_config(tmp_path, sim, redis_url, calibration={"interval_s": 0}, priority={"reserve": 0.2},
+                        pace={"openrouter": {"burst": 10}})
+    router = router_plugin.build_router(path)
+    who = {"alice": ("hash-alice", "research"), "bob": ("hash-bob", "ops")}
+
+    async def go():
+        for name, priority in (("alice", 0), ("alice", 1), ("bob", 1), ("alice", 0), ("bob", 1)):
+            key_hash, team = who[name]
+            await router.acompletion(model=DEMO_GROUP, messages=MSG, max_tokens=16, metadata={
+                "priority": priority, "user_api_key_hash": key_hash, "user_api_key_alias": name,
+                "user_api_key_team_id": team})
+        await asyncio.sleep(1.5)  # the counts are written in the background, at most once a second
+        queue = WaitQueue(QuotaStore(resolve_target(redis_url, None, 5.0), "rp:"))
+        for priority in (3, 0, 3):
+            await queue.turn(DEMO_GROUP, priority)._join()  # three requests waiting in line (never leaving)
+
+    asyncio.run(go())
+    code, out, _ = run(capsys, "status", "--config", path)
+    assert code == 0
+    block = out.split("\nOpenRouter free pool (account ")[2].split("\n\n")[0].splitlines()[1:]
+    assert block[:4] == [
+        "  served today by priority: 0: 2, 1: 3",
+        "  served today per key: alice: 3, bob: 2",
+        "  served today per team: research: 3, ops: 2",
+        "  kept for priority 0: 4 requests/min, 10 requests/day",
+    ]
+    assert re.fullmatch(r"  pace: 5 used of (\d+) allowed so far today \(burst 10\)", block[4]), block[4]
+    doc_code, doc_out, _ = run(capsys, "status", "--config", path, "--json")
+    pool = json.loads(doc_out)["pools"][0]
+    now = json.loads(doc_out)["now"]
+    assert pool["pace"]["allowed_so_far"] == min(50, int(10 + 50 * (now % 86400) / 86400))
+    fc = pool["forecast"]
+    assert fc["rate_per_h"] == 5.0  # 5 served in the last hour; 45 left of the day
+    if now + 9 * 3600 < (now // 86400 + 1) * 86400:
+        at = time.strftime("%H:%M UTC", time.gmtime(fc["runs_out_at"]))
+        assert abs(fc["runs_out_at"] - (now + 9 * 3600)) < 5
+        assert block[5] == f"  forecast: at the last hour's rate (5/h) the day runs out at {at}"
+    else:
+        assert block[5] == "  forecast: at the last hour's rate (5/h) the day lasts until its reset"
+    assert "waiting in line for 'free-chat': 3 (priority 0: 1, priority 3: 2)" in out.splitlines()
+    assert json.loads(doc_out)["waiting"] == {"free-chat": {"0": 1, "3": 2}}
 
 
 def test_status_watch_redraws_in_place(sim, redis_url, tmp_path, capsys):

@@ -153,6 +153,8 @@ LATER = [
      "model_list[0].litellm_params.rpm", "must be an integer"),
     (one_model(model_info={"tpm": -1}), "model_list[0].model_info.tpm", "positive"),
     ({**one_model(), "router_plugn": {"max_wait_s": 1}}, "router_plugn", "did you mean 'router_plugin'?"),
+    ({**one_model(), "router_plugin": {"max_waiters": 0}}, "router_plugin.max_waiters", "must be positive, got 0"),
+    ({**one_model(), "router_plugin": {"max_waiters": "many"}}, "router_plugin.max_waiters", "must be an integer"),
 ]
 
 

@@ -57,6 +57,7 @@ from ..providers.facts import (
 from ..priority import extra_from_state
 from ..redact import scrub
 from ..store import QuotaStore, Reservation
+from ..usage import usage_book
 from .strategy import METADATA_KEY
 from .timeouts import FAILED_KEY
 
@@ -99,6 +100,7 @@ class QuotaCallbacks(CustomLogger):
             reservation = _reservation(plan, state)
             total = _total_tokens(response_obj, reservation.tokens if reservation else 0)
             self.events.succeeded(plan, total)
+            usage_book(self.store).served(plan, _metadata_of(kwargs))  # status: use per priority / key (in memory)
             headers = _success_headers(kwargs, response_obj)
             seen = providers.remaining(plan.provider, headers, None, time.time()) if headers else []
             if reservation is not None:  # real tokens + headers: deferred, carried by a later round trip (batch.py)

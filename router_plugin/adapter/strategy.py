@@ -45,7 +45,9 @@ from ..routing import RETRY_AFTER_BOUND_S, UNSENT_KEY, Skip  # noqa: F401  (re-e
 from ..routing import describe_blocked as _describe_blocked  # noqa: F401
 from ..routing import short as _short
 from ..store import Ask, Blocked, QuotaStore, Reservation, SyncQuotaStore
-from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
+from ..store.queue import DEFAULT_MAX_WAITERS, LineFull, Turn, WaitQueue, priority_of
+from .timeouts import (EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s,
+                       pause_attempt_clock, restart_attempt_clock, transport_timeout)
 
 log = logging.getLogger("router_plugin")
 
@@ -156,8 +158,42 @@ class QuotaRouting(CustomRoutingStrategyBase):
             await self.ready()
         request = _Request.of(self, model, messages, input, request_kwargs)
         deadline = time.monotonic() + self.settings.max_wait_s
+        turn = self.wait_line.turn(model, priority_of(request.metadata), deadline) \
+            if self.settings.max_wait_s > 0 else None  # waiting in order across workers (store/queue.py)
+        try:
+            chosen = await self._walk_async(request, deadline, turn)
+            if getattr(request, "waited", False):
+                restart_attempt_clock()  # the wait was not the deployment's silence (timeouts.py)
+            return chosen
+        except LineFull as exc:
+            log.info("router_plugin refuse group=%s %s", model, exc)
+            self.events.refused(model, [], [], self.settings.max_wait_s)
+            raise QuotaExhaustedError(model, str(exc), self.settings.max_wait_s) from None
+        finally:
+            if turn is not None:
+                await turn.leave()
+
+    @property
+    def wait_line(self) -> WaitQueue:
+        line = getattr(self, "_wait_line", None)
+        if line is None:
+            line = self._wait_line = WaitQueue(self.store, max_waiters=getattr(self.settings, "max_waiters",
+                                                                               DEFAULT_MAX_WAITERS))
+        return line
+
+    async def _walk_async(self, request: "_Request", deadline: float, turn: Turn | None):
+        request.turn = turn  # the wait hook (self.wait) sleeps in it
         while True:
             request.check_budget()
+            if turn is not None and not await turn.may_try():  # not at the head of the line: wait to be woken
+                if turn.expired:
+                    log.info("router_plugin refuse group=%s %s", request.model, turn.refusal_text())
+                    self.events.refused(request.model, [], [], None)
+                    raise QuotaExhaustedError(request.model, turn.refusal_text(), None)
+                request.waited = True
+                pause_attempt_clock()
+                await turn.sleep(None)
+                continue
             asks = request.asks()
             started = time.perf_counter()
             outcome = await self.store.reserve_first(asks) if asks else []
@@ -202,8 +238,12 @@ class QuotaRouting(CustomRoutingStrategyBase):
 
     async def wait(self, request: "_Request", seconds: float, blocked: list[Blocked]) -> None:
         """Wait ``seconds`` before walking the chain again (``blocked``: why nothing fit; ``request.model`` is the
-        group, ``request.metadata`` the request's metadata)."""
-        await asyncio.sleep(seconds)
+        group, ``request.metadata`` the request's metadata). With max_wait_s > 0 the request waits in its group's
+        line (store/queue.py): the head until the reset it was told or until woken."""
+        turn = getattr(request, "turn", None)
+        request.waited = True
+        pause_attempt_clock()
+        await (asyncio.sleep(seconds) if turn is None else turn.sleep(seconds))
 
     def wait_sync(self, request: "_Request", seconds: float, blocked: list[Blocked]) -> None:
         time.sleep(seconds)

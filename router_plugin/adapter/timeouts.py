@@ -132,6 +132,23 @@ class AttemptClock:
         if self.scope is not None and self.stream and not self.scope.expired():
             self.scope.reschedule(self.limit(self.first_token_by))
 
+    def pause(self) -> None:
+        """The strategy is waiting for a reset or its turn (max_wait_s): only the call's budget runs meanwhile."""
+        if self.scope is not None and not self.scope.expired() and self.headers_at is None:
+            self.scope.reschedule(self.budget_by)
+
+    def restart(self) -> None:
+        """The attempt starts now: it waited for its turn before a deployment was chosen (max_wait_s), and that
+        wait is not the deployment's silence. The call's budget still bounds it."""
+        shift = asyncio.get_running_loop().time() - self.started
+        if shift <= 0 or self.headers_at is not None:
+            return
+        self.started += shift
+        self.headers_by += shift
+        self.first_token_by += shift
+        if self.scope is not None and not self.scope.expired():
+            self.scope.reschedule(self.limit(self.headers_by if self.stream else self.first_token_by))
+
     @property
     def phase(self) -> str:
         if not self.stream:
@@ -150,6 +167,22 @@ class AttemptClock:
 
 
 _ATTEMPT: contextvars.ContextVar[AttemptClock | None] = contextvars.ContextVar("router_plugin_attempt", default=None)
+
+
+def pause_attempt_clock() -> None:
+    """Called by the strategy before it waits (max_wait_s, its turn in line): the attempt's headers / reply limits
+    stop running (the call's budget does not); ``restart_attempt_clock`` starts them afresh once it has chosen."""
+    clock = _ATTEMPT.get()
+    if clock is not None:
+        clock.pause()
+
+
+def restart_attempt_clock() -> None:
+    """Called by the strategy when a request waited before its deployment was chosen: the attempt's headers /
+    reply limits count from now, not from before the wait (which was not the deployment's silence)."""
+    clock = _ATTEMPT.get()
+    if clock is not None:
+        clock.restart()
 
 
 class HeaderSignal(CustomLogger):
