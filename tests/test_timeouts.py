@@ -19,6 +19,7 @@ from router_plugin.adapter.installer import installed
 from router_plugin.adapter.strategy import ChainFailedError
 from router_plugin.adapter.timeouts import BudgetExceededError
 from tests.support import FAST, bare, observe, sent, whole
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def ask(router, **kw):
 
 def plan_of(router, index):
     inst = installed(router)
-    return inst, inst.plans.plan(router.model_list[index])
+    return inst, inst.plans.plan(all_deployments(router)[index])
 
 
 async def until(predicate, timeout=5.0):

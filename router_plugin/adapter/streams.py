@@ -159,25 +159,17 @@ class StreamInterruptedError(litellm.ServiceUnavailableError):
         self.original_exception = original_exception
 
 
-def install_stream_guard(router: Any, inst: Any) -> None:
-    """Wrap ``router.acompletion`` (budget; streams guarded) and ``router._acompletion`` (attempt limits)."""
+def install_stream_guard(router: Any, inst: Any, line: Any) -> None:
+    """Wrap the public ``router.acompletion`` / ``completion`` (budget; streams guarded). On 1.108 only (private
+    hooks, checked by line.check): per-attempt limits around ``router._acompletion`` (timeouts.py), lenient SSE
+    parsers, and LiteLLM's inner stream wrapper kept so a stream with no provider finish reason is told from a
+    complete one (the core lines raise on such a stream themselves)."""
     if router.__dict__.get(_MARK):
         return
-    install_attempt_limits(router, inst.settings.timeouts, inst.callbacks.record_failure, METADATA_KEY)
-    _lenient_sse()
-
-    inner_iterator = router._acompletion_streaming_iterator
-
-    async def _acompletion_streaming_iterator(*args: Any, **kwargs: Any):
-        wrapped = await inner_iterator(*args, **kwargs)
-        inner = kwargs.get("model_response", args[0] if args else None)
-        try:  # the provider's own finish reason is only on LiteLLM's inner wrapper
-            setattr(wrapped, _INNER, inner)
-        except Exception:  # pragma: no cover - a wrapper that refuses attributes: trust its chunks
-            pass
-        return wrapped
-
-    router._acompletion_streaming_iterator = _acompletion_streaming_iterator
+    if not line.core:
+        install_attempt_limits(router, inst.settings.timeouts, inst.callbacks.record_failure, METADATA_KEY)
+        _lenient_sse()
+        _keep_inner_wrapper(router)
     original = router.acompletion
 
     async def acompletion(model: str, messages: list, stream: bool = False, **kwargs: Any):
@@ -202,6 +194,22 @@ def install_stream_guard(router: Any, inst: Any) -> None:
 
     router.completion = completion
     router.__dict__[_MARK] = True
+
+
+def _keep_inner_wrapper(router: Any) -> None:
+    """1.108: the provider's own finish reason is only on LiteLLM's inner stream wrapper (private iterator)."""
+    inner_iterator = router._acompletion_streaming_iterator
+
+    async def _acompletion_streaming_iterator(*args: Any, **kwargs: Any):
+        wrapped = await inner_iterator(*args, **kwargs)
+        inner = kwargs.get("model_response", args[0] if args else None)
+        try:
+            setattr(wrapped, _INNER, inner)
+        except Exception:  # pragma: no cover - a wrapper that refuses attributes: trust its chunks
+            pass
+        return wrapped
+
+    router._acompletion_streaming_iterator = _acompletion_streaming_iterator
 
 
 _bridge: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
