@@ -113,6 +113,14 @@ NEEDS: dict[str, dict[str, tuple[str, Any]]] = {
         "1.108": ("Router.acompletion / Router.completion", lambda r: _has(r, "acompletion") and _has(r, "completion")),
         "core": ("Router.acompletion / Router.completion", lambda r: _has(r, "acompletion") and _has(r, "completion")),
     },
+    # A malformed SSE event inside a guarded stream is skipped (streams._lenient_sse) instead of breaking the stream
+    # (1.110.2 raises APIConnectionError on "data: [1,2,3]"; the guard would then continue the answer elsewhere).
+    "malformed stream events skipped": {
+        "1.108": ("BaseModelResponseIterator._string_to_dict_parser + openai Stream._iter_events (private)",
+                  lambda r: _sse_parsers()),
+        "core": ("BaseModelResponseIterator._string_to_dict_parser + openai Stream._iter_events (private)",
+                 lambda r: _sse_parsers()),
+    },
     # 1.108 only: what its public API cannot do (docs/adapter.md §1b-1d). The core lines do without (README table).
     "retry discipline (402 / context-400 / malformed-400 split, no Retry-After sleep)": {
         "1.108": ("Router.should_retry_this_error + Router._time_to_sleep_before_retry (private)",
@@ -131,6 +139,14 @@ NEEDS: dict[str, dict[str, tuple[str, Any]]] = {
                   lambda r: _has(r, "_acompletion_streaming_iterator")),
     },
 }
+
+
+def _sse_parsers() -> bool:
+    from litellm.llms.base_llm.base_model_iterator import BaseModelResponseIterator
+    from openai import _streaming
+
+    return ("_string_to_dict_parser" in BaseModelResponseIterator.__dict__
+            and all("_iter_events" in c.__dict__ for c in (_streaming.Stream, _streaming.AsyncStream)))
 
 
 def _custom_logger_has(*names: str) -> bool:

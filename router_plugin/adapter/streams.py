@@ -160,15 +160,16 @@ class StreamInterruptedError(litellm.ServiceUnavailableError):
 
 
 def install_stream_guard(router: Any, inst: Any, line: Any) -> None:
-    """Wrap the public ``router.acompletion`` / ``completion`` (budget; streams guarded). On 1.108 only (private
-    hooks, checked by line.check): per-attempt limits around ``router._acompletion`` (timeouts.py), lenient SSE
-    parsers, and LiteLLM's inner stream wrapper kept so a stream with no provider finish reason is told from a
+    """Wrap the public ``router.acompletion`` / ``completion`` (budget; streams guarded) and make the SSE parsers
+    skip a malformed event inside a guarded stream (private, every line). On 1.108 only (private
+    hooks, checked by line.check): per-attempt limits around ``router._acompletion`` (timeouts.py) and LiteLLM's
+    inner stream wrapper kept so a stream with no provider finish reason is told from a
     complete one (the core lines raise on such a stream themselves)."""
     if router.__dict__.get(_MARK):
         return
+    _lenient_sse()  # every line (private, line.NEEDS "malformed stream events skipped")
     if not line.core:
         install_attempt_limits(router, inst.settings.timeouts, inst.callbacks.record_failure, METADATA_KEY)
-        _lenient_sse()
         _keep_inner_wrapper(router)
     original = router.acompletion
 
