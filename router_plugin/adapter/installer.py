@@ -196,12 +196,14 @@ def _groups(router: litellm.Router, line: Line | None = None) -> dict[str, int]:
 #: QuotaExhaustedError; ServiceUnavailableError: ChainFailedError, StreamInterruptedError; Timeout:
 #: BudgetExceededError) and DefaultRetries stay None, and ``num_retries=0`` on the plugin's errors (hooks.py) holds.
 #: Measured: with RateLimitErrorRetries set, refusals were retried and a 4 x 25 burst sent Groq 2-9 requests too
-#: early (429s). Only classes LiteLLM would NOT retry get a count: 404 (model gone). A one-deployment group never
-#: sleeps out a provider's Retry-After: its 429 is not retried (recorded for every worker; the caller gets it now).
+#: early (429s). Only classes LiteLLM would NOT retry get a count: 404 (model gone) and 400 (a 402 or a context
+#: window too small belongs to the deployment; a rejection of the request itself is stopped by the next pick,
+#: hooks.GuardedStrategy). A one-deployment group never sleeps out a provider's Retry-After: its 429 is not
+#: retried (recorded for every worker; the caller gets it now), nor its 400 (there is no other deployment).
 def retry_settings(groups: Mapping[str, int], num_retries: int = 0) -> dict[str, Any]:
     walk = 2 * max(groups.values(), default=1)
-    policy = RetryPolicy(NotFoundErrorRetries=walk, ContentPolicyViolationErrorRetries=0)
-    single = {g: RetryPolicy(RateLimitErrorRetries=0, ContentPolicyViolationErrorRetries=0)
+    policy = RetryPolicy(NotFoundErrorRetries=walk, BadRequestErrorRetries=walk, ContentPolicyViolationErrorRetries=0)
+    single = {g: RetryPolicy(RateLimitErrorRetries=0, BadRequestErrorRetries=0, ContentPolicyViolationErrorRetries=0)
               for g, n in groups.items() if n == 1}
     return {"num_retries": max(num_retries or 0, walk), "retry_policy": policy, "model_group_retry_policy": single}
 
