@@ -166,3 +166,20 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_only_the_adapter_imports_litellm():
+    """Every module outside router_plugin/adapter/ imports without LiteLLM (README "Layout")."""
+    import pkgutil
+    from pathlib import Path
+
+    import router_plugin
+
+    root = Path(router_plugin.__file__).parent
+    names = [m.name for m in pkgutil.walk_packages([str(root)], "router_plugin.")
+             if not m.name.startswith("router_plugin.adapter") and not m.name.endswith("__main__")]
+    code = ("import sys\nfor n in %r:\n    __import__(n)\n    assert 'litellm' not in sys.modules, n\nprint(len(%r))"
+            % (names, names))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert int(done.stdout) > 20
