@@ -97,7 +97,7 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
         if deliver_events:
             DISPATCH.register(existing.callbacks)  # back in LiteLLM's lists if something cleared them
         return existing
-    _refuse_mid_stream_continuation(router_api.setting(router, _MID_STREAM, line), "<router>")
+    _refuse_mid_stream_continuation(router_api.mid_stream_continuation(router), "<router>")
     if not isinstance(settings, Settings):
         settings = parse_settings(settings, "<install settings>")
     target = resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s,

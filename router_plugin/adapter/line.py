@@ -102,7 +102,7 @@ NEEDS: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "settings": {
         "1.108": ("Router.disable_cooldowns / num_retries attributes", lambda r: hasattr(r, "disable_cooldowns")),
-        "core": ("Router.apply(ChangeSet) / settings_dict()", lambda r: _has(r, "apply") and _has(r, "settings_dict")),
+        "core": ("Router.apply(ChangeSet) / settings()", lambda r: _has(r, "apply") and _has(r, "settings")),
     },
     "per-attempt hooks": {
         "core": ("CustomLogger.async_pre_call_deployment_hook / async_post_call_failure_deployment_hook",

@@ -2,7 +2,8 @@
 DeprecationWarning on any line). Line checks are in line.py; nothing here reads a version string.
 
     1.108: model_list / get_model_list / get_model_names, set_custom_routing_strategy, plain attributes
-    core (1.109.3+, 1.110.2+): registry().all / deployments / names, register_plugin, apply(ChangeSet), settings_dict()
+    core (1.109.3+, 1.110.2+): registry().all / deployments / names, register_plugin, apply(ChangeSet),
+                              settings_dict() (1.110) / settings() (1.109)
 """
 
 from __future__ import annotations
@@ -52,9 +53,17 @@ def strategy_installed(router: Any, strategy: Any, line: Line | None = None) -> 
 def setting(router: Any, name: str, line: Line | None = None) -> Any:
     """A router setting as the user gave it (None when unset or unknown to this line)."""
     line = line or detect()
-    if line.core:
+    if not line.core:
+        return router.__dict__.get(name)
+    if callable(getattr(router, "settings_dict", None)):  # 1.110: the Rust settings object has no attribute per field
         return router.settings_dict().get(name)
-    return router.__dict__.get(name)
+    return getattr(router.settings(), name, None)  # 1.109: RouterSettings
+
+
+def mid_stream_continuation(router: Any) -> bool:
+    """LiteLLM's own mid-stream fallback continuation (1.109+, a plain attribute on 1.109.3 and 1.110.2; 1.108 has
+    none)."""
+    return getattr(router, "enable_mid_stream_fallback_continuation", False) is True
 
 
 def apply_settings(router: Any, settings: Mapping[str, Any], line: Line | None = None) -> None:
@@ -77,8 +86,7 @@ def disable_cooldowns(router: Any, line: Line | None = None) -> None:
 
 
 def num_retries(router: Any, line: Line | None = None) -> int:
-    line = line or detect()
-    value = router.settings_dict().get("num_retries") if line.core else router.num_retries
+    value = setting(router, "num_retries", line) if (line or detect()).core else router.num_retries
     return value if isinstance(value, int) else 0
 
 
