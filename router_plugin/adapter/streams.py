@@ -335,6 +335,10 @@ class _Call:
 
     async def _open(self, continuation: bool, restate: bool = False) -> _Hop:
         md = {k: v for k, v in self.base_md.items() if k not in (METADATA_KEY, EXCLUDE_KEY)}
+        # A provider's rejection of an earlier hop's request (e.g. of its prefill) does not stop this new request
+        # (hooks.GuardedStrategy re-raises a rejection only within the LiteLLM call it happened in).
+        md[FAILED_KEY] = [{k: v for k, v in e.items() if k != "rejection"} if isinstance(e, Mapping) else e
+                          for e in md.get(FAILED_KEY) or ()]
         md[METADATA_KEY] = {"attempts": self.attempts}
         md[EXCLUDE_KEY] = list(self.excluded)
         md[DEADLINE_KEY] = self.deadline
