@@ -123,7 +123,7 @@ class Calibrator(Observer):
         inst = _installed(router)
         if inst is None:
             return None
-        model_list = _calibrated(list(router.model_list))
+        model_list = _calibrated(_deployments(router))
         if not model_list:
             return None  # nothing to ask anyone
         settings = inst.settings
@@ -289,7 +289,7 @@ class Calibrator(Observer):
         if not doc.get("ok", True) and not doc.get("creators") and not doc.get("contexts"):
             self._applied_at = float(doc.get("at", 0))
             return
-        inst.plans.learn(list(router.model_list), openrouter_creators=doc.get("creators") or {},
+        inst.plans.learn(_deployments(router), openrouter_creators=doc.get("creators") or {},
                          openrouter_rpd_by_key=doc.get("rpd") or {}, live_context=doc.get("contexts") or {})
         self._applied_at = float(doc.get("at", 0))
 
@@ -302,7 +302,7 @@ class Calibrator(Observer):
 
     async def _refresh(self, router: Any, inst: Any, store: Any) -> CalibrationRun:
         result = CalibrationRun(True)
-        model_list = _calibrated(list(router.model_list))
+        model_list = _calibrated(_deployments(router))
         settings = inst.settings
         keys: dict[str, roster.KeyInfo] = {}  # key fingerprint -> what /key said
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=True) as client:
@@ -355,7 +355,7 @@ class Calibrator(Observer):
     async def _calibrate_days(self, router: Any, inst: Any, store: Any, keys: dict, result: CalibrationRun) -> None:
         """Per account: the highest count its keys reported goes into the account's ``day`` counter."""
         best: dict[str, tuple[Any, roster.KeyInfo]] = {}
-        for d in _calibrated(list(router.model_list)):
+        for d in _calibrated(_deployments(router)):
             params = d.get("litellm_params") or {}
             if not roster.is_openrouter_free_model(str(params.get("model", ""))):
                 continue
@@ -419,3 +419,10 @@ def learnt_inputs(settings: Any) -> dict:
         return {}
     return {"openrouter_creators": doc.get("creators") or {}, "openrouter_rpd_by_key": doc.get("rpd") or {},
             "live_context": doc.get("contexts") or {}}
+
+
+def _deployments(router: Any) -> list:
+    """The router's deployments through the adapter (the public API of the running LiteLLM line)."""
+    from .adapter.router_api import all_deployments
+
+    return all_deployments(router)

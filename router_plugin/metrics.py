@@ -219,6 +219,7 @@ class QuotaCollector:
 
     def collect(self) -> Iterator:
         from .adapter.installer import installed
+        from .adapter.router_api import all_deployments
         from .report import take_snapshot
 
         remaining, limit, resets, available, up = self._families()
@@ -233,7 +234,7 @@ class QuotaCollector:
                 continue
             try:
                 store = self._store(inst.settings)
-                snap = take_snapshot(store, [inst.plans.plan(d) for d in router.model_list])
+                snap = take_snapshot(store, [inst.plans.plan(d) for d in all_deployments(router)])
             except Exception as exc:  # a scrape must answer even when Redis does not
                 ok = False
                 log.debug("router_plugin: metrics could not read the quota store: %s", exc)

@@ -40,3 +40,19 @@ def sim_server():
 def sim(sim_server):
     sim_server.reset()
     return sim_server
+
+
+# ---- the proxy tests (marker `proxy`): the SDK run on a newer LiteLLM deselects them (`pytest -m "not proxy"`) ----
+# They run the LiteLLM proxy, which installs only on the 1.108 line (litellm[proxy]; README "Support table").
+PROXY_FILES = {"test_proxy_e2e.py", "test_streams_proxy.py", "test_proxy_paths.py"}
+PROXY_TESTS = {
+    "test_the_proxy_refuses_a_bad_config_with_one_line",  # test_config.py
+    "test_through_the_proxy_a_bad_request_is_a_400_without_retry_after_and_no_attempt",  # test_requests.py
+    "test_four_proxy_workers_on_the_embedded_default_serve_capacity_without_provider_429s",  # test_store_checks.py
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in PROXY_FILES or getattr(item, "originalname", item.name) in PROXY_TESTS:
+            item.add_marker(pytest.mark.proxy)

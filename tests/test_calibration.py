@@ -16,6 +16,7 @@ from router_plugin.adapter.installer import installed
 from router_plugin.report import open_store, take_snapshot
 from router_plugin.sim.catalog import OPENROUTER_MODELS
 from tests.support import bare
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ def calibrator_of(router) -> Calibrator:
 
 def snapshot(router):
     inst = installed(router)
-    return take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in router.model_list])
+    return take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in all_deployments(router)])
 
 
 def test_two_calibrators_one_runs_and_it_syncs_the_day_and_quarantines_the_gone(sim, redis_url):

@@ -17,6 +17,7 @@ from router_plugin.calibration import calibrator_of
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst
 from router_plugin.adapter.installer import installed
 from tests.support import bare, sent
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def test_keys_of_two_accounts_are_split_by_the_key_endpoint_and_named_accounts_w
     config["model_list"][1]["litellm_params"]["api_key"] = "sim-or-key-2"
     router = router_plugin.build_router(config)
     inst = installed(router)
-    slots = lambda: {inst.plans.plan(d).slot for d in router.model_list[:2]}  # noqa: E731
+    slots = lambda: {inst.plans.plan(d).slot for d in all_deployments(router)[:2]}  # noqa: E731
     assert len(slots()) == 1  # before the key endpoint answers: one account
 
     async def ask():
@@ -84,12 +85,12 @@ def test_keys_of_two_accounts_are_split_by_the_key_endpoint_and_named_accounts_w
     for d, name in zip(named["model_list"][:2], ("work", "home")):
         d["model_info"] = {"openrouter_account": name}
     r2 = router_plugin.build_router(named)
-    assert len({installed(r2).plans.plan(d).slot for d in r2.model_list[:2]}) == 2
+    assert len({installed(r2).plans.plan(d).slot for d in all_deployments(r2)[:2]}) == 2
 
 
 def test_live_context_window_replaces_the_built_in_one(sim, redis_url):
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url))
-    plan = lambda: installed(router).plans.plan(router.model_list[2])  # noqa: E731
+    plan = lambda: installed(router).plans.plan(all_deployments(router)[2])  # noqa: E731
     assert plan().model == GQ_A
     from router_plugin.sim.catalog import GROQ_MODELS
 
@@ -128,7 +129,7 @@ def test_unreachable_endpoints_do_not_break_or_spam(redis_url, caplog):
     assert calibrator.first == "calibrated"  # the leader's failed refresh is a result too: nobody waits for it
     failures = [r for r in caplog.records if "calibration:" in r.getMessage()]
     assert len(failures) == 1 and "changed nothing" in failures[0].getMessage()
-    assert all(d.get("model_info") for d in router.model_list)
+    assert all(d.get("model_info") for d in all_deployments(router))
 
 
 def test_recalibrate_now_puts_the_days_count_back_after_the_store_came_back_empty(sim, redis_url, redis_server):
@@ -141,7 +142,7 @@ def test_recalibrate_now_puts_the_days_count_back_after_the_store_came_back_empt
     inst = installed(router)
 
     def day_used() -> int:
-        snap = take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in router.model_list])
+        snap = take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in all_deployments(router)])
         return next(lim for lim in snap.pools[0].limits if lim.counter == "day").used
 
     async def ask():
@@ -175,7 +176,7 @@ def test_a_store_that_came_back_empty_is_recalibrated_before_admitting_again(sim
         inst = installed(router)
 
         def day_used() -> int:
-            snap = take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in router.model_list])
+            snap = take_snapshot(open_store(inst.settings), [inst.plans.plan(d) for d in all_deployments(router)])
             return next(lim for lim in snap.pools[0].limits if lim.counter == "day").used
 
         async def scenario() -> list[str]:

@@ -18,6 +18,7 @@ from router_plugin.config import load_config
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from tests.fake_keys import openrouter_key
 from tests.support import bare
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -464,7 +465,7 @@ def test_models_write_gives_a_roster_the_config_can_use(sim, redis_url, tmp_path
     from router_plugin.adapter.installer import installed
 
     assert loaded.settings.limits[OR_A].context == 65536
-    assert installed(router).plans.plan(router.model_list[0]).context_window == 65536
+    assert installed(router).plans.plan(all_deployments(router)[0]).context_window == 65536
 
 
 # ---- key ------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from router_plugin.limits import LimitOverride, PlanInputs, plan_for
 from router_plugin.providers.facts import Remaining
 from router_plugin.store import Blocked, QuotaStore, Reservation, SyncQuotaStore, resolve_target
 from tests.servers import RedisServer, create_cluster, redis_server_binary
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +208,7 @@ def test_a_router_with_redis_cluster_true(cluster, sim):
     rc = RedisCluster(host="127.0.0.1", port=cluster[0].port)
     keys = [k.decode() for k in rc.scan_iter(match="router:*", target_nodes=RedisCluster.ALL_NODES)]
     assert any(":c:minute" in k for k in keys), keys
-    peek = inst.sync_store.peek(inst.plans.plan(router.model_list[0]))
+    peek = inst.sync_store.peek(inst.plans.plan(all_deployments(router)[0]))
     assert isinstance(peek, Reservation) and peek.remaining("minute").remaining == 19
 
 

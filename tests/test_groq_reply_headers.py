@@ -12,6 +12,7 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.adapter.installer import installed
 from router_plugin.report import open_store, take_snapshot
 from tests.support import bare
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def test_a_plain_groq_reply_calibrates_the_day_from_its_headers(sim, redis_url):
     store = open_store(inst.settings)
 
     def rpd_used() -> int:
-        snap = take_snapshot(store, [inst.plans.plan(d) for d in router.model_list])
+        snap = take_snapshot(store, [inst.plans.plan(d) for d in all_deployments(router)])
         return next(lim for pool in snap.pools for lim in pool.limits if lim.counter == "rpd").used
 
     assert asyncio.run(ask())["model"] == GQ_A

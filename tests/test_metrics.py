@@ -20,6 +20,7 @@ from router_plugin.adapter.installer import installed
 from tests.fake_keys import groq_key, openrouter_key
 from tests.servers import free_port
 from tests.support import bare
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def test_metrics_count_what_happened_to_real_traffic(sim, redis_url):
     port = free_port()
     observer = metrics.enable(router, port=port)
     assert metrics.enable(router) is observer  # idempotent: one observer per router
-    pool = installed(router).plans.plan(router.model_list[0]).pool_label
+    pool = installed(router).plans.plan(all_deployments(router)[0]).pool_label
     counted = [
         ("router_plugin_requests_total", dict(group=DEMO_GROUP, deployment=OR_A, outcome="gone")),
         ("router_plugin_requests_total", dict(group=DEMO_GROUP, deployment=OR_B, outcome="success")),
@@ -201,7 +202,7 @@ def test_worker_processes_are_aggregated_in_multiprocess_mode(sim, redis_url, tm
     from prometheus_client import generate_latest
 
     served = samples(generate_latest(metrics.registry()).decode())
-    pool = installed(router).plans.plan(router.model_list[0]).pool_label
+    pool = installed(router).plans.plan(all_deployments(router)[0]).pool_label
     assert served[("router_plugin_requests_total", L(group=DEMO_GROUP, deployment=OR_A, outcome="success"))] == 6
     assert served[("router_plugin_quota_remaining", L(pool=pool, limit="requests/day"))] == 44
 

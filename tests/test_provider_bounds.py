@@ -17,6 +17,7 @@ from router_plugin.demo import DEMO_CHAIN, demo_config
 from router_plugin.report import render_status, take_snapshot
 from router_plugin.store import Blocked, StoreTarget, SyncQuotaStore
 from tests.test_reliability import GarbageServer, _ask_and_let_callbacks_run
+from router_plugin.adapter.router_api import all_deployments
 
 OR_A, GQ_A = DEMO_CHAIN[0], DEMO_CHAIN[2]
 
@@ -51,7 +52,7 @@ def _one_failed_request(server, config, redis_url, caplog):
         outcome, _ = asyncio.run(asyncio.wait_for(_ask_and_let_callbacks_run(router), 60))
     assert isinstance(outcome, Exception) and server.hits >= 1
     inst = router_plugin.adapter.installer.installed(router)
-    plan = inst.plans.plan(router.model_list[0])
+    plan = inst.plans.plan(all_deployments(router)[0])
     store = SyncQuotaStore(StoreTarget(url=redis_url), inst.settings.key_prefix)
     return store, plan, store.peek(plan)
 

@@ -26,6 +26,7 @@ import redis
 from router_plugin.demo import wait_for_fresh_minute
 from router_plugin.store.binary import start_redis_server, stop_redis_server
 from tests.proxy_harness import ProxyProcess, free_port, redis7_binary, strong_master_key
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -288,14 +289,14 @@ def test_health_checks_are_answered_from_the_shared_counters_without_an_upstream
         assert litellm.ahealth_check.__wrapped__ is litellm_own
     finally:
         litellm.ahealth_check = original
-    params = {d["litellm_params"]["model"]: dict(d["litellm_params"]) for d in router.model_list}
+    params = {d["litellm_params"]["model"]: dict(d["litellm_params"]) for d in all_deployments(router)}
 
     async def check(model):
         return await health_from_store(dict(params[model], max_tokens=1), handler)
 
     or_a, _, gq_a, _ = DEMO_CHAIN
     assert "can take a request" in asyncio.run(check(or_a))["router_plugin"]
-    plans = {p.model: p for p in (installed.plans.plan(d) for d in router.model_list)}
+    plans = {p.model: p for p in (installed.plans.plan(d) for d in all_deployments(router))}
     day = next(c for c in plans[or_a].counters if c.limit.name == "day")
     asyncio.run(installed.store.block(plans[or_a], day, int((time.time() + 3600) * 1000), "exhausted (provider 429)"))
     quota = asyncio.run(check(or_a))
@@ -318,7 +319,7 @@ def test_status_shows_when_the_next_request_fits_a_refilling_groq_limit(sim, red
     router = router_plugin.build_router(path)
     installed = router.__dict__["_router_plugin"]
     gq_a = DEMO_CHAIN[2]
-    plan = next(p for p in (installed.plans.plan(d) for d in router.model_list) if p.model == gq_a)
+    plan = next(p for p in (installed.plans.plan(d) for d in all_deployments(router)) if p.model == gq_a)
 
     async def drain():
         got = [await installed.store.reserve(plan, 10) for _ in range(31)]

@@ -30,6 +30,7 @@ from router_plugin.limits import LimitOverride, PlanInputs, plan_for
 from router_plugin.store import Blocked, Reservation, SyncQuotaStore, resolve_target
 from router_plugin.store.resilient import open_resilient
 from tests.servers import RedisServer
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -481,7 +482,7 @@ def test_provider_waits_are_counted_from_redis_time_not_the_workers_clock(redis_
 
     router = router_plugin.build_router(demo_config("http://127.0.0.1:9", redis_url=redis_url))
     inst = router_plugin.adapter.installer.installed(router)
-    plans = {p.model: p for p in (inst.plans.plan(d) for d in router.model_list)}
+    plans = {p.model: p for p in (inst.plans.plan(d) for d in all_deployments(router))}
     groq, openrouter = plans[DEMO_CHAIN[2]], plans[DEMO_CHAIN[0]]
     shifted = time.time() + 7 * 60  # the worker's wrong clock
     or_reset = (int(time.time()) // 60 + 1) * 60  # OpenRouter's X-RateLimit-Reset: the next minute, absolute
@@ -581,7 +582,7 @@ async def _ask_and_let_callbacks_run(router, **kwargs):
 def _accounting(url: str, router):
     """(requests counted, tokens held) per deployment, as stored in Redis."""
     inst = router_plugin.adapter.installer.installed(router)
-    plans = [inst.plans.plan(d) for d in router.model_list]
+    plans = [inst.plans.plan(d) for d in all_deployments(router)]
     return [(round(raw_used(url, p, "rpm")), raw_used(url, p, "tpm")) for p in plans]
 
 

@@ -25,6 +25,7 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.adapter.installer import installed
 from tests.fake_keys import groq_key, openrouter_key
 from tests.support import sent
+from router_plugin.adapter.router_api import all_deployments
 
 OR_A, OR_B, GQ_A, GQ_B = DEMO_CHAIN
 MSG = [{"role": "user", "content": "hello"}]
@@ -180,7 +181,7 @@ def test_request_larger_than_every_context_window_is_a_400_naming_the_limit(sim,
     text = str(err.value)
     assert err.value.status_code == 400 and not isinstance(err.value, litellm.RateLimitError)
     inst = installed(router)
-    largest = max(inst.plans.plan(d).context_window for d in router.model_list)  # qwen3-coder:free, 262,144
+    largest = max(inst.plans.plan(d).context_window for d in all_deployments(router))  # qwen3-coder:free, 262,144
     assert f"the largest context window in 'free-chat' is {largest:,}" in text and "request needs ~" in text
     assert all(v == 0 for v in counters(redis_url).values())
 

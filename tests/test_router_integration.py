@@ -13,6 +13,7 @@ import router_plugin
 from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config, run_burst
 from router_plugin.adapter.installer import installed
 from tests.support import bare, sent
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def test_one_day_429_stops_every_worker_from_sending_free_requests(sim, redis_ur
     assert len(result.served) == 15 and all(o.model.startswith("groq/") for o in result.served)
     assert sent(sim, OR_A) + sent(sim, OR_B) == free_requests_before  # nobody tried again
     inst = installed(router)
-    blocked = inst.sync_store.peek(inst.plans.plan(router.model_list[1]))
+    blocked = inst.sync_store.peek(inst.plans.plan(all_deployments(router)[1]))
     midnight = (time.time() // 86400 + 1) * 86400
     assert blocked.counter.key == "day" and blocked.until_ms == int(midnight * 1000)
 
@@ -102,7 +103,7 @@ def test_server_error_gets_a_short_cooldown_and_fails_over(sim, redis_url):
     _, info = asyncio.run(ask(router))
     assert info["model"] == OR_B
     inst = installed(router)
-    cooled = inst.sync_store.peek(inst.plans.plan(router.model_list[0]))
+    cooled = inst.sync_store.peek(inst.plans.plan(all_deployments(router)[0]))
     assert cooled.counter is None and "failing" in cooled.why
     assert 0 < cooled.wait_s <= inst.settings.cooldowns.server_error_s
 
@@ -147,7 +148,7 @@ def test_max_wait_waits_for_the_earliest_reset_instead_of_failing(sim, redis_url
 
     impatient, patient = router_with(), router_with(max_wait_s=5)
     inst = installed(impatient)
-    plan = inst.plans.plan(impatient.model_list[0])
+    plan = inst.plans.plan(all_deployments(impatient)[0])
     while not hasattr(inst.sync_store.reserve(plan, 10), "never"):  # spend the minute without sending
         pass
     with pytest.raises(router_plugin.QuotaExhaustedError):
@@ -163,7 +164,7 @@ def test_streaming_request_is_reserved_and_settled(sim, redis_url):
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(OR_A,),
                                                     limits={OR_A: {"tpm": 8000}}))
     inst = installed(router)
-    plan = inst.plans.plan(router.model_list[0])
+    plan = inst.plans.plan(all_deployments(router)[0])
 
     async def go():
         metadata: dict = {}

@@ -20,6 +20,7 @@ from router_plugin.adapter.installer import installed
 from router_plugin.sim.wire import reply_pieces
 from router_plugin.adapter.streams import StreamInterruptedError
 from tests.support import FAST, bare, half, observe, sent, whole
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +161,7 @@ def test_stalled_stream_is_cut_at_the_idle_limit_and_continued(sim, redis_url):
     assert "stalled" in out.info["hops"][0]["why"]
     assert events.wins == [OR_B]
     inst = installed(router)
-    cooled = inst.sync_store.peek(inst.plans.plan(router.model_list[0]))
+    cooled = inst.sync_store.peek(inst.plans.plan(all_deployments(router)[0]))
     assert cooled.counter is None and "stream silent" in cooled.why  # set aside for every worker
 
 
@@ -168,7 +169,7 @@ def test_openrouter_error_chunk_mid_stream_is_continued_and_blames_only_that_mod
     sim.configure({"models": {bare(OR_A): {"stream_fault": "error_chunk"}}})
     router = router_for(sim, redis_url)
     inst = installed(router)
-    plan_a, plan_b = (inst.plans.plan(d) for d in router.model_list[:2])
+    plan_a, plan_b = (inst.plans.plan(d) for d in all_deployments(router)[:2])
 
     def a_cooled():
         return getattr(inst.sync_store.peek(plan_a), "counter", "x") is None

@@ -18,7 +18,8 @@ from router_plugin.demo import DEMO_CHAIN, DEMO_GROUP, demo_config
 from router_plugin.adapter.installer import installed
 from router_plugin.adapter.strategy import ChainFailedError
 from router_plugin.adapter.timeouts import BudgetExceededError
-from tests.support import FAST, bare, observe, sent, whole
+from tests.support import FAST, bare, needs_108, observe, sent, whole
+from router_plugin.adapter.router_api import all_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def ask(router, **kw):
 
 def plan_of(router, index):
     inst = installed(router)
-    return inst, inst.plans.plan(router.model_list[index])
+    return inst, inst.plans.plan(all_deployments(router)[index])
 
 
 async def until(predicate, timeout=5.0):
@@ -75,6 +76,7 @@ def wait_for(predicate, timeout=5.0):
 # ------------------------------------------------------------------------------------------------ time limits
 
 
+@needs_108("per-attempt headers / first-token limit", "transport timeout per attempt only, no headers -> first-token switch")
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_silent_deployment_is_left_after_the_header_limit_not_retried(sim, redis_url, stream):
     sim.configure({"models": {bare(OR_A): {"latency_ms": 30_000}}})
@@ -92,6 +94,7 @@ def test_silent_deployment_is_left_after_the_header_limit_not_retried(sim, redis
     assert why in inst.sync_store.peek(plan).why  # set aside for every worker
 
 
+@needs_108("per-attempt headers / first-token limit", "transport timeout per attempt only, no headers -> first-token switch")
 def test_stream_with_no_first_token_is_left_after_first_token_limit(sim, redis_url):
     sim.configure({"models": {bare(OR_A): {"stream_fault": "stall_first", "stall_s": 30}}})
     router = router_for(sim, redis_url)
@@ -189,6 +192,7 @@ def _groq_tpm_429(sim):
     sim.configure({"groq": {"limits": {bare(GQ_B): {"tpm": 600}}}})
 
 
+@needs_108("one-deployment group: 429 with a short Retry-After", "the 429 reaches the caller at once (RateLimitErrorRetries=0), no short wait")
 def test_429_with_a_short_retry_after_is_waited_out_when_nothing_else_can_serve(sim, redis_url):
     _groq_tpm_429(sim)
     router = router_for(sim, redis_url, chain=(GQ_B,))
@@ -210,6 +214,7 @@ def test_429_fails_over_at_once_when_the_chain_has_another_deployment(sim, redis
     assert (sent(sim, GQ_B), sent(sim, GQ_A)) == (2, 1) and elapsed < 1.5  # no waiting for the ~1.8 s reset
 
 
+@needs_108("one-deployment group: 429 with a long Retry-After", "LiteLLM's RateLimitError at once, not the plugin's QuotaExhaustedError")
 def test_429_with_a_long_retry_after_is_refused_at_once(sim, redis_url):
     sim.configure({"groq": {"limits": {bare(GQ_B): {"rpm": 1}}}})  # the next request in 60 s
     router = router_for(sim, redis_url, chain=(GQ_B,))

@@ -10,6 +10,7 @@ import importlib.metadata as md
 import time
 
 import litellm
+import litellm.integrations.custom_logger
 from litellm import Router
 from litellm.router import CustomRoutingStrategyBase, RetryPolicy
 
@@ -70,6 +71,18 @@ async def case(sim, label, *, one=False, cfg=None, warm=0, raise_=None, call_kw=
     print(f"[{V}] {label}: strategy_calls={s.calls} upstream={upstream} (incl. {warm} warm) -> {out} in {time.monotonic()-t0:.2f}s")
 
 
+class Rewrite(litellm.integrations.custom_logger.CustomLogger if hasattr(litellm, "integrations") else object):
+    """R13: a failure hook that tries to make a 402 retryable (sets num_retries, swaps the class)."""
+
+    async def async_post_call_failure_deployment_hook(self, request_data, original_exception, call_type, **_):
+        try:
+            original_exception.num_retries = 3
+            original_exception.__class__ = litellm.InternalServerError
+        except Exception as exc:  # noqa: BLE001
+            print("  (hook could not rewrite:", type(exc).__name__, exc, ")")
+        return None
+
+
 async def main():
     with start_sim(port=0) as sim:
         rpm1 = {"groq": {"limits": {"openai/gpt-oss-120b": {"rpm": 1}}}}
@@ -90,6 +103,12 @@ async def main():
         s402 = {"models": {"openai/gpt-oss-120b": {"status": 402}}}
         await case(sim, "R7 two deployments, first 402, num_retries=2", cfg=s402, num_retries=2)
         await case(sim, "R7b same + retry_policy DefaultRetries=2", cfg=s402, num_retries=2, retry_policy=RetryPolicy(DefaultRetries=2))
+        from litellm.integrations.custom_logger import CustomLogger  # noqa: F401
+        hook = Rewrite()
+        litellm.callbacks.append(hook)
+        await case(sim, "R13 first 402, failure hook sets num_retries=3 and class InternalServerError", cfg=s402,
+                   num_retries=2)
+        litellm.callbacks.remove(hook)
         await case(sim, "R8 strategy raises a non-litellm exception, num_retries=3", raise_=PluginError("x"), num_retries=3)
         e = PluginError("x"); e.num_retries = 0
         await case(sim, "R9 non-litellm exception with .num_retries=0, num_retries=3", raise_=e, num_retries=3)

@@ -1,9 +1,15 @@
-"""router_plugin.adapter — where router_plugin meets LiteLLM (prototype for issue 15; see docs/adapter.md).
+"""router_plugin.adapter — the only code that imports LiteLLM (see docs/adapter.md, README "Support table").
 
-Nothing else in the package imports this yet: ``installer.install`` is still the entry point on 1.108. This package
-shows that the same strategy, callbacks, stream guard and retry discipline install through public hooks on both
-supported lines (1.108.7+, 1.109.3+, 1.110.2+), with the line decided in one place (``line.detect``) and a
-``MissingHookError`` naming the LiteLLM version when a hook is missing.
+    line.py        which LiteLLM line runs (detect), what each line must offer (NEEDS, check)
+    router_api.py  one function per Router member the plugin uses, through the line's public API
+    installer.py   build_router / install: the steps below, per line
+    strategy.py    QuotaRouting (the pick) and the plugin's LiteLLM exceptions
+    hooks.py       GuardedStrategy (num_retries=0 on the plugin's errors), AttemptHooks (core lines)
+    callbacks.py   the CustomLogger that settles reservations and records failures
+    streams.py     the stream guard around Router.acompletion / completion
+    timeouts.py    per-attempt limits (1.108: around the private Router._acompletion) and the budget's keys
+    retry.py       1.108 only: the private retry discipline (should_retry_this_error, no Retry-After sleep)
+    proxy.py       the LiteLLM proxy's handler (1.108 line: the proxy extra installs only there)
 """
 
 from .line import BANNED, LINES, Line, MissingHookError, check, detect

@@ -16,25 +16,76 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import CustomRoutingStrategyBase
 
+from .. import providers
 from ..config import Timeouts
 from ..errors import RouterPluginError
+from ..providers.facts import Rejected
+from ..redact import scrub
 from .strategy import METADATA_KEY
 from .timeouts import FAILED_KEY, BudgetExceededError, _tried, remaining_s, request_metadata, transport_timeout
 
 _NO_RETRY = (RouterPluginError, BudgetExceededError)
 
 
+class _Rejections:
+    """The provider errors that rejected a request (400/401/403/422 not about the model: providers' ``Rejected``),
+    kept from the failure hook until the next pick re-raises them (bounded; keyed by a token in the failure record)."""
+
+    def __init__(self, size: int = 512):
+        self._errors: OrderedDict[str, BaseException] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def keep(self, error: BaseException) -> str:
+        token = f"{id(error):x}{time.monotonic_ns():x}"
+        with self._lock:
+            self._errors[token] = error
+            while len(self._errors) > self._size:
+                self._errors.popitem(last=False)
+        return token
+
+    def get(self, token: Any) -> BaseException | None:
+        with self._lock:
+            return self._errors.get(token) if isinstance(token, str) else None
+
+
+REJECTIONS = _Rejections()
+
+
+def _rejected(request_kwargs: dict | None) -> BaseException | None:
+    """The provider's rejection of this request, when the last failed attempt was one (core lines)."""
+    if request_kwargs is None:
+        return None
+    failed = request_metadata(request_kwargs).get(FAILED_KEY) or ()
+    last = failed[-1] if failed and isinstance(failed[-1], dict) else None
+    return REJECTIONS.get(last.get("rejection")) if last else None
+
+
 class GuardedStrategy(CustomRoutingStrategyBase):
-    """Delegates every pick to ``inner`` (strategy.QuotaRouting, unchanged)."""
+    """Delegates every pick to ``inner`` (strategy.QuotaRouting, unchanged).
+
+    On the core lines a ``BadRequestError`` is retried (``retry_settings``: a 402 or a context-length 400 belongs
+    to the deployment, the next one may serve); when the provider rejected the REQUEST itself (malformed, content
+    policy, 401/403: the next deployment would reject it too), the next pick re-raises that rejection at once,
+    without an upstream call, with ``num_retries = 0``."""
 
     def __init__(self, inner: Any):
         self.inner = inner
+
+    @staticmethod
+    def _stop_after_rejection(request_kwargs: dict | None) -> None:
+        error = _rejected(request_kwargs)
+        if error is not None:
+            error.num_retries = 0
+            raise error
 
     @staticmethod
     def _budget(model: str, request_kwargs: dict | None) -> None:
@@ -50,6 +101,7 @@ class GuardedStrategy(CustomRoutingStrategyBase):
 
     async def async_get_available_deployment(self, model, messages=None, input=None, specific_deployment=False,
                                              request_kwargs=None):
+        self._stop_after_rejection(request_kwargs)
         self._budget(model, request_kwargs)
         try:
             return await self.inner.async_get_available_deployment(
@@ -61,6 +113,7 @@ class GuardedStrategy(CustomRoutingStrategyBase):
 
     def get_available_deployment(self, model, messages=None, input=None, specific_deployment=False,
                                  request_kwargs=None):
+        self._stop_after_rejection(request_kwargs)
         self._budget(model, request_kwargs)
         try:
             return self.inner.get_available_deployment(
@@ -122,9 +175,29 @@ class AttemptHooks(CustomLogger):
         text = " ".join(str(getattr(original_exception, "message", None) or original_exception).split())[:300]
         entry = {"deployment_id": str(state["deployment_id"]), "model": str(state.get("model")),
                  "attempt": int(state.get("attempts", 0)), "status": status if isinstance(status, int) else None,
-                 "type": type(original_exception).__name__, "text": text}
+                 "type": type(original_exception).__name__, "text": scrub(text)}
+        provider = getattr(original_exception, "llm_provider", None)
+        if isinstance(providers.classify_exception(provider if isinstance(provider, str) else "", original_exception,
+                                                   time.time()), Rejected):
+            _scrub_exception(original_exception)  # the provider's reason reaches the caller, minus any key it echoed
+            entry["rejection"] = REJECTIONS.keep(original_exception)
         metadata[FAILED_KEY] = [*(metadata.get(FAILED_KEY) or ()), entry]
         return None
 
 
 ATTEMPT_HOOKS = AttemptHooks()
+
+
+def _scrub_exception(error: BaseException) -> None:
+    """Remove key-shaped text and the configured keys (redact.py) from what the caller will read of ``error``."""
+    try:
+        message = getattr(error, "message", None)
+        if isinstance(message, str):
+            error.message = scrub(message)
+        error.args = tuple(scrub(a) if isinstance(a, str) else a for a in error.args)
+        body = getattr(error, "body", None)
+        if isinstance(body, (dict, str)):
+            error.body = scrub(body) if isinstance(body, str) else {k: scrub(v) if isinstance(v, str) else v
+                                                                    for k, v in body.items()}
+    except Exception:  # an exception that refuses new attributes keeps its text
+        pass

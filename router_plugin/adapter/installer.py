@@ -2,6 +2,17 @@
 
 ``build_router(config)`` builds a Router from a LiteLLM config (path or dict) and installs the plugin;
 ``install(router, settings)`` installs it into a Router the user built. Both are idempotent per Router.
+
+The same steps on every line (line.py decides which; ``line.check`` first verifies every hook the line needs and
+raises ``MissingHookError`` naming the LiteLLM version and the hook):
+
+* the strategy behind ``GuardedStrategy`` (hooks.py: the plugin's own errors leave with ``num_retries = 0``),
+  registered through router_api (1.108 ``set_custom_routing_strategy``, core ``register_plugin``);
+* the callbacks (callbacks.py) and the stream guard around the public ``acompletion`` / ``completion``
+  (streams.py);
+* after a failed attempt: on 1.108 the private retry discipline (retry.py) and per-attempt limits (timeouts.py),
+  on the core lines public settings only (``retry_settings``) and ``AttemptHooks`` (hooks.py). README "Support
+  table" says what each line can and cannot do.
 """
 
 from __future__ import annotations
@@ -15,13 +26,17 @@ from typing import Any
 
 from .. import _env  # noqa: F401  (offline-safe LiteLLM defaults, before litellm is imported)
 import litellm
+from litellm.router import RetryPolicy
 
 from .._plans import PlanBook
 from ..priority import Admission
+from . import router_api
 from .callbacks import DISPATCH, QuotaCallbacks
 from ..config import PluginConfig, Settings, litellm_overrides, load_config, parse_settings
+from ..errors import ConfigError
 from ..events import Events
-from .retry import install_retry_policy
+from .hooks import ATTEMPT_HOOKS, GuardedStrategy
+from .line import Line, check, detect
 from ..store import QuotaStore, SyncQuotaStore, open_stores, resolve_target
 from .strategy import QuotaRouting
 from .streams import install_stream_guard
@@ -41,6 +56,8 @@ class Installed:
     store: QuotaStore
     sync_store: SyncQuotaStore
     plans: PlanBook
+    guard: GuardedStrategy | None = None  # what LiteLLM calls: the strategy behind hooks.GuardedStrategy
+    line: Line | None = None
 
 
 def build_router(config: str | os.PathLike | Mapping[str, Any], **router_kwargs: Any) -> litellm.Router:
@@ -48,11 +65,23 @@ def build_router(config: str | os.PathLike | Mapping[str, Any], **router_kwargs:
 
     ``router_settings`` from the file are passed to the Router (explicit ``router_kwargs`` win).
     """
+    detect()  # an unsupported LiteLLM: one line, before anything is built
     loaded: PluginConfig = load_config(config)
     kwargs = {**_router_settings(loaded.router_settings), **router_kwargs}
+    _refuse_mid_stream_continuation(kwargs.get(_MID_STREAM), loaded.source)
     router = litellm.Router(model_list=loaded.model_list, **kwargs)
     install(router, loaded.settings)
     return router
+
+
+#: LiteLLM 1.109+'s own mid-stream fallback continuation (#41127): it would race the plugin's (streams.py).
+_MID_STREAM = "enable_mid_stream_fallback_continuation"
+
+
+def _refuse_mid_stream_continuation(value: Any, where: str) -> None:
+    if value is True:
+        raise ConfigError(where, f"router_settings.{_MID_STREAM}", "must not be true: LiteLLM's continuation would "
+                          "race router_plugin's own", "remove it; router_plugin continues broken streams itself")
 
 
 def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | None = None, *,
@@ -62,12 +91,14 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     ``deliver_events=False``: do not register the callbacks with LiteLLM; the caller forwards the log events
     itself (the proxy handler does, see proxy.py).
     """
+    line = check(router)  # every hook this line needs is there, or MissingHookError naming the version and hook
     existing = router.__dict__.get(_ATTR)
     if isinstance(existing, Installed):
         _ensure_strategy(router, existing)
         if deliver_events:
             DISPATCH.register(existing.callbacks)  # back in LiteLLM's lists if something cleared them
         return existing
+    _refuse_mid_stream_continuation(router_api.mid_stream_continuation(router), "<router>")
     if not isinstance(settings, Settings):
         settings = parse_settings(settings, "<install settings>")
     target = resolve_target(settings.redis_url, settings.embedded_path, settings.redis_timeout_s,
@@ -79,17 +110,27 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
     plans = PlanBook(settings.plan_inputs)
     owner = uuid.uuid4().hex[:12]
     events = Events()
-    strategy = QuotaRouting(router, settings, store, plans, owner, sync_store=sync_store, events=events)
+    # The strategy reads deployments through RouterView (router_api): the same code on every line, no warning.
+    strategy = QuotaRouting(router_api.RouterView(router, line), settings, store, plans, owner,
+                            sync_store=sync_store, events=events)
     strategy.admission = Admission.from_settings(settings)  # priorities, pace, shares (priority.py)
     callbacks = QuotaCallbacks(settings, store, plans, owner, events=events)
-    installed = Installed(settings, events, strategy, callbacks, store, sync_store, plans)
+    installed = Installed(settings, events, strategy, callbacks, store, sync_store, plans,
+                          guard=GuardedStrategy(strategy), line=line)
     router.__dict__[_ATTR] = installed
     # Derive every plan now (bad limits fail at start, not mid-request); the OpenRouter keys of one config are
     # ONE account until the key endpoint says otherwise (calibration.py).
-    plans.learn(router.model_list)
+    plans.learn(router_api.all_deployments(router, line))
     _ensure_strategy(router, installed)
-    install_retry_policy(router, chain_length=_longest_chain(router))
-    install_stream_guard(router, installed)  # time limits, budget, mid-stream failover (streams.py, timeouts.py)
+    groups = _groups(router, line)
+    if line.core:  # public settings + the per-attempt hooks (hooks.py)
+        router_api.apply_settings(router, retry_settings(groups, router_api.num_retries(router, line)), line)
+        ATTEMPT_HOOKS.register(owner, installed)
+    else:  # 1.108: the private retry discipline its public API cannot express (line.NEEDS, retry.py)
+        from .retry import install_retry_policy
+
+        install_retry_policy(router, chain_length=max(groups.values(), default=1))
+    install_stream_guard(router, installed, line)  # budget, stream guard; 1.108: attempt limits (timeouts.py)
     if deliver_events:
         DISPATCH.register(callbacks)  # one process-wide entry in LiteLLM's lists, whatever the number of Routers
     _add_operator_observers(router, installed)
@@ -103,9 +144,10 @@ def _log_changes(router: litellm.Router, settings: Settings) -> None:
     overrides = settings.overrides
     if not overrides:  # settings not from load_config (a Router built by the caller): read the Router itself
         given = {}
-        if getattr(router, "routing_strategy", "simple-shuffle") not in ("simple-shuffle", None):
-            given["routing_strategy"] = router.routing_strategy
-        overrides = tuple(litellm_overrides(given, {}, _longest_chain(router)))
+        routing = router_api.setting(router, "routing_strategy")
+        if routing not in ("simple-shuffle", None):
+            given["routing_strategy"] = routing
+        overrides = tuple(litellm_overrides(given, {}, max(_groups(router).values(), default=1)))
     for o in overrides:
         log.log(logging.WARNING if o.user_set else logging.INFO, "router_plugin overrides %s", o.line())
     if settings.store_source:
@@ -135,19 +177,37 @@ def installed(router: litellm.Router) -> Installed | None:
 
 def _ensure_strategy(router: litellm.Router, inst: Installed) -> None:
     """(Re)install the strategy: ``update_settings(routing_strategy=...)`` silently removes custom strategies."""
-    current = router.__dict__.get("async_get_available_deployment")
-    if getattr(current, "__self__", None) is not inst.strategy:
-        router.set_custom_routing_strategy(inst.strategy)
+    if router_api.strategy_installed(router, inst.guard, inst.line) is not True:
+        router_api.register_strategy(router, inst.guard, inst.line)
     # The plugin keeps shared, provider-accurate cooldowns in Redis; LiteLLM's per-process cooldowns would only
     # make its retry loop give up while the chain still has deployments with quota.
-    router.disable_cooldowns = True
+    router_api.disable_cooldowns(router, inst.line)
 
 
-def _longest_chain(router: litellm.Router) -> int:
+def _groups(router: litellm.Router, line: Line | None = None) -> dict[str, int]:
+    """Deployments per model group."""
     sizes: dict[str, int] = {}
-    for deployment in router.model_list:
+    for deployment in router_api.all_deployments(router, line):
         sizes[deployment["model_name"]] = sizes.get(deployment["model_name"], 0) + 1
-    return max(sizes.values(), default=1)
+    return sizes
+
+
+#: What LiteLLM must do after a failed attempt on the core lines, as public settings (1.108: retry.py).
+#: A RetryPolicy count OVERRIDES an exception's own ``num_retries`` (1.108.7 router.py:8427-8467; ``DefaultRetries``
+#: applies to every class without a field): so the fields of the classes the plugin raises (RateLimitError:
+#: QuotaExhaustedError; ServiceUnavailableError: ChainFailedError, StreamInterruptedError; Timeout:
+#: BudgetExceededError) and DefaultRetries stay None, and ``num_retries=0`` on the plugin's errors (hooks.py) holds.
+#: Measured: with RateLimitErrorRetries set, refusals were retried and a 4 x 25 burst sent Groq 2-9 requests too
+#: early (429s). Only classes LiteLLM would NOT retry get a count: 404 (model gone) and 400 (a 402 or a context
+#: window too small belongs to the deployment; a rejection of the request itself is stopped by the next pick,
+#: hooks.GuardedStrategy). A one-deployment group never sleeps out a provider's Retry-After: its 429 is not
+#: retried (recorded for every worker; the caller gets it now), nor its 400 (there is no other deployment).
+def retry_settings(groups: Mapping[str, int], num_retries: int = 0) -> dict[str, Any]:
+    walk = 2 * max(groups.values(), default=1)
+    policy = RetryPolicy(NotFoundErrorRetries=walk, BadRequestErrorRetries=walk, ContentPolicyViolationErrorRetries=0)
+    single = {g: RetryPolicy(RateLimitErrorRetries=0, BadRequestErrorRetries=0, ContentPolicyViolationErrorRetries=0)
+              for g, n in groups.items() if n == 1}
+    return {"num_retries": max(num_retries or 0, walk), "retry_policy": policy, "model_group_retry_policy": single}
 
 
 def _router_settings(raw: Mapping[str, Any]) -> dict[str, Any]:

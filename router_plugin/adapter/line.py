@@ -1,10 +1,12 @@
 """Which LiteLLM line is running, decided in ONE place, and what each line offers the plugin.
 
-Prototype for issue 15 (see docs/adapter.md). Nothing outside ``router_plugin.adapter`` imports this yet.
+``detect()`` reads the LiteLLM version once and refuses, in one line, a compromised release or a release nobody ran
+the plugin on. ``NEEDS`` lists every LiteLLM hook the plugin uses, per line; the private ones say "(private)".
+``check(router)`` runs at install and raises :class:`MissingHookError` naming the LiteLLM version and the missing
+hook: the plugin never runs silently without one.
 
-Every capability the plugin needs is reached through one of the hooks named in ``NEEDS``; ``check(router)``
-verifies at install time that the running LiteLLM has each of them and raises :class:`MissingHookError` naming
-the LiteLLM version and the hook — the plugin never runs silently without one.
+Lines (docs/adapter.md): "1.108" is the LTS line with the proxy (1.108.7+); "core" is 1.109.3+ and 1.110.2+, where
+``Router`` is a front over a core (``register_plugin``, ``registry()``, ``settings()``, ``apply()``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from ..errors import RouterPluginError
 
 #: Compromised releases: never run on them, whatever the range says.
 BANNED = frozenset({"1.82.7", "1.82.8", "1.107.0"})
-#: (major, minor) lines the adapter knows, with the lowest patch verified on each.
+#: (major, minor) lines the adapter knows, with the lowest patch verified on each (1.109.0-2 and 1.110.0-1 were
+#: never run here: refused, like pyproject.toml's range).
 LINES = {(1, 108): 7, (1, 109): 3, (1, 110): 2}
+SUPPORTED = "litellm>=1.108.7,<1.109 (SDK and proxy), or the SDK on >=1.109.3,<1.110 or >=1.110.2,<1.111"
 
 
 class MissingHookError(RouterPluginError):
-    """The running LiteLLM lacks a hook the plugin needs; the message names the version and the hook."""
+    """The running LiteLLM is not one the plugin runs on, or lacks a hook it needs; the message names both."""
 
 
 @dataclass(frozen=True)
@@ -42,63 +46,123 @@ class Line:
 
     @property
     def name(self) -> str:
-        return f"{self.key[0]}.{self.key[1]}"
+        return "core" if self.core else "1.108"
 
 
 def _parse(version: str) -> tuple[int, int, int]:
     m = re.match(r"^(\d+)\.(\d+)\.(\d+)", version)
     if not m:
-        raise MissingHookError(f"router_plugin: cannot read the LiteLLM version {version!r}; "
-                               "install a supported release (litellm 1.108.7+ below 1.109, 1.109.3+, or 1.110.2+)")
+        raise MissingHookError(f"router_plugin: cannot read the LiteLLM version {version!r}; install {SUPPORTED}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+_detected: Line | None = None
 
 
 def detect(version: str | None = None) -> Line:
     """The running line (or ``version``'s), refused at once when it is banned or not a line the adapter knows."""
-    version = version or importlib.metadata.version("litellm")
-    if version in BANNED:
-        raise MissingHookError(f"router_plugin: LiteLLM {version} is a compromised release; never run it "
-                               "(pip install 'litellm>=1.108.7,<1.109' or 'litellm>=1.110.2,<1.111')")
-    release = _parse(version)
+    global _detected
+    if version is None and _detected is not None:
+        return _detected
+    raw = version or importlib.metadata.version("litellm")
+    if raw in BANNED:
+        raise MissingHookError(f"router_plugin: LiteLLM {raw} is a compromised release; never run it (install "
+                               f"{SUPPORTED})")
+    release = _parse(raw)
     lowest = LINES.get(release[:2])
     if lowest is None or release[2] < lowest:
-        known = ", ".join(f"{a}.{b}.{p}+ (<{a}.{b + 1})" for (a, b), p in sorted(LINES.items()))
-        raise MissingHookError(f"router_plugin: LiteLLM {version} is not a supported line; supported: {known}")
-    return Line(version, release)
+        raise MissingHookError(f"router_plugin: LiteLLM {raw} is not a release router_plugin runs on; install "
+                               f"{SUPPORTED}")
+    line = Line(raw, release)
+    if version is None:
+        _detected = line
+    return line
 
 
-#: capability -> {"1.108" | "core" (1.109+): (hook description, predicate on the router)}. Public unless marked private.
+def _has(obj: Any, name: str) -> bool:
+    return callable(getattr(obj, name, None))
+
+
+def _router_module_has(name: str) -> bool:
+    import litellm.router as router_module
+
+    return callable(getattr(router_module, name, None))
+
+
+#: capability -> {"1.108" | "core": (the hook, predicate on the router)}. Public unless marked "(private)".
+#: A line missing from a capability does not need it.
 NEEDS: dict[str, dict[str, tuple[str, Any]]] = {
     "routing strategy": {
-        "1.108": ("Router.set_custom_routing_strategy", lambda r: callable(getattr(r, "set_custom_routing_strategy", None))),
-        "core": ("Router.register_plugin", lambda r: callable(getattr(r, "register_plugin", None))),
+        "1.108": ("Router.set_custom_routing_strategy", lambda r: _has(r, "set_custom_routing_strategy")),
+        "core": ("Router.register_plugin", lambda r: _has(r, "register_plugin")),
     },
     "deployment list": {
-        "1.108": ("Router.get_model_list / get_model_names", lambda r: callable(getattr(r, "get_model_list", None))),
-        "core": ("Router.registry().deployments / names", lambda r: callable(getattr(r, "registry", None))),
+        "1.108": ("Router.get_model_list / get_model_names", lambda r: _has(r, "get_model_list")),
+        "core": ("Router.registry()", lambda r: _has(r, "registry")),
     },
     "settings": {
-        "1.108": ("Router attributes (disable_cooldowns, num_retries)", lambda r: hasattr(r, "disable_cooldowns")),
-        "core": ("Router.apply(ChangeSet)", lambda r: callable(getattr(r, "apply", None))),
+        "1.108": ("Router.disable_cooldowns / num_retries attributes", lambda r: hasattr(r, "disable_cooldowns")),
+        "core": ("Router.apply(ChangeSet) / settings()", lambda r: _has(r, "apply") and _has(r, "settings")),
     },
-    # 1.108 ends a stream with no provider finish reason as a synthetic "stop": only LiteLLM's inner wrapper
-    # (reached through a PRIVATE member, the 1.108 LTS line only) tells the two apart. 1.109.3 and 1.110.2 raise
-    # on their own (measured: docs/adapter_probes/probe_stream.py).
+    "per-attempt hooks": {
+        "core": ("CustomLogger.async_pre_call_deployment_hook / async_post_call_failure_deployment_hook",
+                 lambda r: _custom_logger_has("async_pre_call_deployment_hook",
+                                              "async_post_call_failure_deployment_hook")),
+    },
+    "stream guard": {
+        "1.108": ("Router.acompletion / Router.completion", lambda r: _has(r, "acompletion") and _has(r, "completion")),
+        "core": ("Router.acompletion / Router.completion", lambda r: _has(r, "acompletion") and _has(r, "completion")),
+    },
+    # A malformed SSE event inside a guarded stream is skipped (streams._lenient_sse) instead of breaking the stream
+    # (1.110.2 raises APIConnectionError on "data: [1,2,3]"; the guard would then continue the answer elsewhere).
+    "malformed stream events skipped": {
+        "1.108": ("BaseModelResponseIterator._string_to_dict_parser + openai Stream._iter_events (private)",
+                  lambda r: _sse_parsers()),
+        "core": ("BaseModelResponseIterator._string_to_dict_parser + openai Stream._iter_events (private)",
+                 lambda r: _sse_parsers()),
+    },
+    # 1.108 only: what its public API cannot do (docs/adapter.md §1b-1d). The core lines do without (README table).
+    "retry discipline (402 / context-400 / malformed-400 split, no Retry-After sleep)": {
+        "1.108": ("Router.should_retry_this_error + Router._time_to_sleep_before_retry (private)",
+                  lambda r: _has(r, "should_retry_this_error") and _has(r, "_time_to_sleep_before_retry")),
+    },
+    "per-attempt headers / first-token limit": {
+        "1.108": ("Router._acompletion (private)", lambda r: _has(r, "_acompletion")),
+    },
+    "stream headers signal": {
+        "1.108": ("litellm.router._aread_first_chunk (private)", lambda r: _router_module_has("_aread_first_chunk")),
+    },
+    # 1.108 ends a stream with no provider finish reason as a synthetic "stop": only LiteLLM's inner wrapper tells
+    # the two apart. 1.109.3 and 1.110.2 raise APIConnectionError on such a stream themselves.
     "stream finish reason": {
         "1.108": ("Router._acompletion_streaming_iterator (private)",
-                   lambda r: callable(getattr(r, "_acompletion_streaming_iterator", None))),
-        "core": ("not needed: LiteLLM raises APIConnectionError on a stream with no finish reason", lambda r: True),
+                  lambda r: _has(r, "_acompletion_streaming_iterator")),
     },
 }
 
 
-def check(router: Any, line: Line | None = None, capabilities: tuple[str, ...] | None = None) -> Line:
+def _sse_parsers() -> bool:
+    from litellm.llms.base_llm.base_model_iterator import BaseModelResponseIterator
+    from openai import _streaming
+
+    return ("_string_to_dict_parser" in BaseModelResponseIterator.__dict__
+            and all("_iter_events" in c.__dict__ for c in (_streaming.Stream, _streaming.AsyncStream)))
+
+
+def _custom_logger_has(*names: str) -> bool:
+    from litellm.integrations.custom_logger import CustomLogger
+
+    return all(_has(CustomLogger, n) for n in names)
+
+
+def check(router: Any, line: Line | None = None) -> Line:
     """Raise MissingHookError unless ``router`` has every hook the plugin needs on this line."""
     line = line or detect()
-    for capability in capabilities or tuple(NEEDS):
-        hook, present = NEEDS[capability]["core" if line.core else "1.108"]
+    for capability, per_line in NEEDS.items():
+        if line.name not in per_line:
+            continue
+        hook, present = per_line[line.name]
         if not present(router):
-            raise MissingHookError(f"router_plugin: LiteLLM {line.version} has no {hook} (needed for the "
-                                   f"{capability}); this LiteLLM build is not supported — install litellm "
-                                   "1.108.7+ (<1.109), 1.109.3+ or 1.110.2+")
+            raise MissingHookError(f"router_plugin: LiteLLM {line.version} has no {hook}, needed for the "
+                                   f"{capability}; install {SUPPORTED}")
     return line

@@ -39,6 +39,7 @@ from ..config import Settings, load_config
 from ..errors import ConfigError
 from ..priority import PRIORITY_HEADER, PRIORITY_KEY, PRIORITY_SOURCE_KEY
 from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
+from . import router_api
 
 log = logging.getLogger("router_plugin")
 
@@ -139,7 +140,7 @@ class ProxyHandler(CustomLogger):
         guard_health_checks()
         if installed is not self._installed:
             log.info("router_plugin: installed into the proxy's router in worker pid %d (%d deployments)",
-                     os.getpid(), len(router.model_list))
+                     os.getpid(), len(router_api.all_deployments(router)))
         self._installed = installed
         return installed
 
@@ -430,7 +431,7 @@ def _deployment_of(router: Any, params: Mapping[str, Any]) -> dict | None:
     fields = ("model", "api_base", "api_key")
     want = tuple(str(params.get(f) or "") for f in fields)
     best = None
-    for deployment in getattr(router, "model_list", None) or []:
+    for deployment in router_api.all_deployments(router) if router is not None else []:
         lp = deployment.get("litellm_params") or {}
         have = tuple(str(lp.get(f) or "") for f in fields)
         if have == want:

@@ -159,25 +159,18 @@ class StreamInterruptedError(litellm.ServiceUnavailableError):
         self.original_exception = original_exception
 
 
-def install_stream_guard(router: Any, inst: Any) -> None:
-    """Wrap ``router.acompletion`` (budget; streams guarded) and ``router._acompletion`` (attempt limits)."""
+def install_stream_guard(router: Any, inst: Any, line: Any) -> None:
+    """Wrap the public ``router.acompletion`` / ``completion`` (budget; streams guarded) and make the SSE parsers
+    skip a malformed event inside a guarded stream (private, every line). On 1.108 only (private
+    hooks, checked by line.check): per-attempt limits around ``router._acompletion`` (timeouts.py) and LiteLLM's
+    inner stream wrapper kept so a stream with no provider finish reason is told from a
+    complete one (the core lines raise on such a stream themselves)."""
     if router.__dict__.get(_MARK):
         return
-    install_attempt_limits(router, inst.settings.timeouts, inst.callbacks.record_failure, METADATA_KEY)
-    _lenient_sse()
-
-    inner_iterator = router._acompletion_streaming_iterator
-
-    async def _acompletion_streaming_iterator(*args: Any, **kwargs: Any):
-        wrapped = await inner_iterator(*args, **kwargs)
-        inner = kwargs.get("model_response", args[0] if args else None)
-        try:  # the provider's own finish reason is only on LiteLLM's inner wrapper
-            setattr(wrapped, _INNER, inner)
-        except Exception:  # pragma: no cover - a wrapper that refuses attributes: trust its chunks
-            pass
-        return wrapped
-
-    router._acompletion_streaming_iterator = _acompletion_streaming_iterator
+    _lenient_sse()  # every line (private, line.NEEDS "malformed stream events skipped")
+    if not line.core:
+        install_attempt_limits(router, inst.settings.timeouts, inst.callbacks.record_failure, METADATA_KEY)
+        _keep_inner_wrapper(router)
     original = router.acompletion
 
     async def acompletion(model: str, messages: list, stream: bool = False, **kwargs: Any):
@@ -202,6 +195,22 @@ def install_stream_guard(router: Any, inst: Any) -> None:
 
     router.completion = completion
     router.__dict__[_MARK] = True
+
+
+def _keep_inner_wrapper(router: Any) -> None:
+    """1.108: the provider's own finish reason is only on LiteLLM's inner stream wrapper (private iterator)."""
+    inner_iterator = router._acompletion_streaming_iterator
+
+    async def _acompletion_streaming_iterator(*args: Any, **kwargs: Any):
+        wrapped = await inner_iterator(*args, **kwargs)
+        inner = kwargs.get("model_response", args[0] if args else None)
+        try:
+            setattr(wrapped, _INNER, inner)
+        except Exception:  # pragma: no cover - a wrapper that refuses attributes: trust its chunks
+            pass
+        return wrapped
+
+    router._acompletion_streaming_iterator = _acompletion_streaming_iterator
 
 
 _bridge: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
@@ -326,6 +335,10 @@ class _Call:
 
     async def _open(self, continuation: bool, restate: bool = False) -> _Hop:
         md = {k: v for k, v in self.base_md.items() if k not in (METADATA_KEY, EXCLUDE_KEY)}
+        # A provider's rejection of an earlier hop's request (e.g. of its prefill) does not stop this new request
+        # (hooks.GuardedStrategy re-raises a rejection only within the LiteLLM call it happened in).
+        md[FAILED_KEY] = [{k: v for k, v in e.items() if k != "rejection"} if isinstance(e, Mapping) else e
+                          for e in md.get(FAILED_KEY) or ()]
         md[METADATA_KEY] = {"attempts": self.attempts}
         md[EXCLUDE_KEY] = list(self.excluded)
         md[DEADLINE_KEY] = self.deadline
