@@ -38,6 +38,7 @@ from .. import providers
 from ..config import Settings, load_config
 from ..errors import ConfigError
 from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
+from .timeouts import FAILED_KEY
 
 log = logging.getLogger("router_plugin")
 
@@ -380,7 +381,7 @@ async def _book_failed_attempt(installed: Any, kwargs: Mapping[str, Any], exc: B
 EARLY_KEY = "_router_plugin_early_pick"  # request metadata: the pre-call hook's chosen deployment, for the Router
 _EARLY_MARK = "_router_plugin_takes_early_pick"
 _EARLY_CALL_TYPES = frozenset({"completion", "acompletion"})
-_FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "default_fallbacks")
+_FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")  # per-request keys
 
 
 def _take_early_picks(router: Any, installed: Any) -> None:
@@ -410,21 +411,32 @@ def _take_early_picks(router: Any, installed: Any) -> None:
 
 
 def _early_pick(router: Any, installed: Any, model: str, request_kwargs: Any) -> dict | None:
+    """The hook's deployment, once, for the call it was decided for: its state goes back into the request's
+    metadata (the stream guard starts every call with a fresh record) as the walk would have written it."""
     if not isinstance(request_kwargs, dict):
         return None
     for name in ("metadata", "litellm_metadata"):
         meta = request_kwargs.get(name)
-        if isinstance(meta, dict) and EARLY_KEY in meta:
-            early = meta.pop(EARLY_KEY)
-            state = meta.get(METADATA_KEY)
-            if not (isinstance(early, Mapping) and early.get("group") == model
-                    and early.get("owner") == installed.strategy.owner and isinstance(state, Mapping)
-                    and state.get("deployment_id") == early.get("deployment_id") and state.get("attempts") == 1):
-                return None
-            for deployment in router.get_model_list(model_name=model) or []:
-                if str((deployment.get("model_info") or {}).get("id")) == early["deployment_id"]:
-                    return deployment
+        if not (isinstance(meta, dict) and EARLY_KEY in meta):
+            continue
+        early = meta.pop(EARLY_KEY)
+        if not isinstance(early, dict) or early.get("taken"):
             return None
+        early["taken"] = True  # the dict is shared with any copy of the metadata (release_early reads it)
+        state = meta.get(METADATA_KEY)
+        fresh = not (isinstance(state, Mapping) and state.get("deployment_id")) or \
+            (state.get("deployment_id") == early.get("deployment_id") and state.get("attempts") == 1)
+        if not (fresh and early.get("group") == model and early.get("owner") == installed.strategy.owner
+                and not meta.get(FAILED_KEY)):
+            return None
+        for deployment in router.get_model_list(model_name=model) or []:
+            if str((deployment.get("model_info") or {}).get("id")) == early["deployment_id"]:
+                if not isinstance(state, dict):
+                    state = meta[METADATA_KEY] = {}
+                state.clear()
+                state.update(early["state"])
+                return deployment
+        return None
     return None
 
 
@@ -436,8 +448,13 @@ def _early_eligible(router: Any, data: Any, call_type: Any) -> bool:
         return False
     if any(data.get(k) for k in (*_FALLBACK_KEYS, "disable_fallbacks", "specific_deployment", "mock_response")):
         return False
-    if any(getattr(router, k, None) for k in _FALLBACK_KEYS):
+    if model in (getattr(router, "model_group_alias", None) or {}):
+        return False  # the Router resolves the name itself
+    fallbacks = getattr(router, "fallbacks", None) or []
+    if any(isinstance(f, Mapping) and (model in f or "*" in f) for f in fallbacks):
         return False  # the Router would try another group after a refusal: let it decide
+    if fallbacks and not all(isinstance(f, Mapping) for f in fallbacks):
+        return False
     current = router.__dict__.get("async_get_available_deployment")
     if not getattr(getattr(current, "__func__", None), _EARLY_MARK, False):
         return False  # the Router's pick would not take the decision: deciding here would reserve twice
@@ -460,17 +477,27 @@ async def decide_early(installed: Any, data: Any, call_type: Any) -> None:
         import litellm
 
         if litellm.expose_router_debug_in_errors and hasattr(exc, "message"):
-            from litellm.router_utils.common_utils import format_fallback_outcome_message
-
-            exc.message += format_fallback_outcome_message(model, None, "")  # what the Router appends (no fallbacks)
+            exc.message += _router_note(router, model)
         raise
     meta = _state_holder(data)
     state = meta.get(METADATA_KEY) if meta is not None else None
     if meta is not None and isinstance(state, Mapping) and state.get("deployment_id"):
-        meta[EARLY_KEY] = {"group": model, "deployment_id": str(state["deployment_id"]), "owner": strategy.owner}
+        meta[EARLY_KEY] = {"group": model, "deployment_id": str(state["deployment_id"]), "owner": strategy.owner,
+                           "state": dict(state)}
     else:  # pragma: no cover - the walk always records its choice
         log.warning("router_plugin: the pre-call decision for %s left no state; the Router decides again", model)
         del picked
+
+
+def _router_note(router: Any, model: str) -> str:
+    """What the Router's fallback wrapper appends to the message of an error it gives up on, for a group without
+    a fallback (litellm/router.py ``async_function_with_fallbacks``)."""
+    from litellm.router_utils.common_utils import format_fallback_outcome_message, format_no_fallback_group_message
+
+    fallbacks = getattr(router, "fallbacks", None)
+    if fallbacks:
+        return format_no_fallback_group_message((model,), fallbacks)
+    return format_fallback_outcome_message(model, None, "")
 
 
 async def release_early(installed: Any, request_data: Any, exc: BaseException) -> None:
@@ -478,8 +505,12 @@ async def release_early(installed: Any, request_data: Any, exc: BaseException) -
     meta = _state_holder(request_data)
     if installed is None or meta is None or EARLY_KEY not in meta:
         return
-    meta.pop(EARLY_KEY, None)
-    await _book_failed_attempt(installed, {"metadata": meta}, exc)
+    early = meta.pop(EARLY_KEY, None)
+    if not isinstance(early, dict) or early.get("taken"):
+        return  # the Router took it: its attempt is booked like any other
+    early["taken"] = True
+    state = dict(early.get("state") or {})
+    await _book_failed_attempt(installed, {"metadata": {METADATA_KEY: state}}, exc)
 
 
 def _state_holder(data: Any) -> dict | None:
