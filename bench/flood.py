@@ -5,7 +5,8 @@ reach) and one redis-server. Two model groups:
 
     serve   groq/openai/gpt-oss-120b, limits out of reach: every request is served
     flood   one OpenRouter ``:free`` deployment whose pool is out of quota (plugin: the account's day is spent;
-            stock: ``rpm: 1`` with ``enforce_model_rate_limits``, LiteLLM's own local refusal, spent first)
+            stock: ``rpm: 1`` with ``enforce_model_rate_limits`` and ``num_retries: 0``, LiteLLM's own local
+            refusal answered at once, spent first)
 
 Each phase sends ``n`` requests, ``concurrency`` in flight, from one client process (raw HTTP, no SDK retries), and
 counts what came back: **served requests/s** (phase ``serve``) and **refusals/s** (phase ``flood``: every reply a
@@ -77,8 +78,11 @@ router_plugin:
     {SERVE_MODEL}: {{rpm: {HUGE}, rpd: 10000000, tpm: 600000, tpd: {HUGE}}}
 """
     else:
+        # num_retries 0: LiteLLM would otherwise retry its own rate-limit refusal with backoff sleeps (and honour
+        # a Retry-After up to 60 s) -- a stock user who wants refusals answered at once sets this
         text += """router_settings:
   optional_pre_call_checks: ["enforce_model_rate_limits"]
+  num_retries: 0
 """
     return text
 

@@ -5,6 +5,8 @@ Starts a redis-server on a free loopback port and the provider simulator, runs
     1. quota efficiency  (bench/quota.py)
     2. a day in the life (bench/day.py)
     3. routing overhead + quota-store throughput (bench/overhead.py)
+    4. per-request overhead: stock simple-shuffle vs the plugin, caller latency and CPU (bench/perrequest.py)
+    5. a refusal flood through the real LiteLLM proxy: refusals/s next to served requests/s (bench/flood.py)
 
 through (a) router_plugin, (b) stock usage-based-routing-v2 and (c) stock + enforce_model_rate_limits, and writes
 bench/results.md, bench/results.png and bench/results.json. Every number in them comes from this one run.
@@ -42,15 +44,19 @@ from bench.pool import Pool  # noqa: E402
 from bench.servers import RedisServer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+PARTS = ("quota", "day", "overhead", "perrequest", "flood")
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {"workers": [1, 4, 8], "sizes": [50, 100, 200, 400], "day_seconds": 150.0, "day_workers": 4,
-             "day_requests": 1200, "overhead_n": 1500, "store_n": 20000},
+             "day_requests": 1200, "overhead_n": 1500, "store_n": 20000, "perrequest_n": 1500,
+             "flood_n": 1500, "flood_concurrency": 32, "flood_repeats": 2, "flood_workers": 2},
     "quick": {"workers": [1, 4, 8], "sizes": [50, 200], "day_seconds": 60.0, "day_workers": 4,
-              "day_requests": 1200, "overhead_n": 600, "store_n": 8000},
+              "day_requests": 1200, "overhead_n": 600, "store_n": 8000, "perrequest_n": 600,
+              "flood_n": 600, "flood_concurrency": 32, "flood_repeats": 1, "flood_workers": 2},
     # tiny: a smoke run for tests/test_bench.py -- well-formed output, numbers not meaningful (no minute alignment)
     "tiny": {"workers": [2], "sizes": [20], "day_seconds": 5.0, "day_workers": 2, "day_requests": 60,
-             "overhead_n": 30, "store_n": 1000, "align_minute": False},
+             "overhead_n": 30, "store_n": 1000, "align_minute": False, "perrequest_n": 30,
+             "flood_n": 40, "flood_concurrency": 8, "flood_repeats": 1, "flood_workers": 1},
 }
 
 
@@ -132,7 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="fewer sizes, shorter day, fewer samples (~7 min)")
     mode.add_argument("--tiny", action="store_true", help="smoke run for tests (< 1 min)")
-    p.add_argument("--parts", default="quota,day,overhead", help="comma-separated subset of quota,day,overhead")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
     p.add_argument("--out", default=str(HERE), help="directory for results.md/.png/.json (default: bench/)")
     p.add_argument("--no-plot", action="store_true", help="skip results.png (matplotlib not needed)")
     return p.parse_args(argv)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    unknown = set(parts) - {"quota", "day", "overhead"}
+    unknown = set(parts) - set(PARTS)
     if unknown:
         print(f"unknown part(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -188,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("part 3: routing overhead and store throughput")
                 results["overhead"] = overhead.run(bench, mode)
+            if "perrequest" in parts:
+                from bench import perrequest
+
+                log("part 4: per-request overhead, stock simple-shuffle vs router_plugin")
+                results["perrequest"] = perrequest.run(bench, mode)
+            if "flood" in parts:
+                from bench import flood
+
+                log("part 5: a refusal flood through the real LiteLLM proxy")
+                results["flood"] = flood.run(bench, mode)
         finally:
             pool.close()
             sim.stop()

@@ -69,13 +69,16 @@ class Counting:
             return await walk(strategy, *args, **kwargs)
 
         monkeypatch.setattr(type(installed.strategy), "async_get_available_deployment", counted_walk)
-        reserve = installed.store.reserve
+        for name in ("reserve", "reserve_first"):  # one call per deployment walked, or one per walk (issue 18 item 1)
+            if hasattr(installed.store, name):
+                monkeypatch.setattr(installed.store, name, self._counted(getattr(installed.store, name)))
 
+    def _counted(self, reserve):
         async def counted_reserve(*args, **kwargs):
             self.reservations += 1
             return await reserve(*args, **kwargs)
 
-        monkeypatch.setattr(installed.store, "reserve", counted_reserve)
+        return counted_reserve
 
 
 @pytest.fixture(params=["no fallbacks", "fallbacks for another group"])
