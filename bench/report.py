@@ -123,6 +123,13 @@ def write_markdown(results: dict, path: Path) -> None:
         f"and {m.get('load_at_end', '?')} at the end (1/5/15 min; other engineers' work shared the machine); Python {m['python']}, litellm {m['litellm']}, redis-py {m['redis_py']}, "
         f"redis-server {m['redis_server']} (`{m['redis_binary']}`), matplotlib {m['matplotlib']}; {m['platform']}.")
     add("")
+    carried = results.get("carried") or {}
+    if carried:
+        add("Parts run this time: " + ", ".join(f"`{p}`" for p in results.get("parts", [])) + ". Carried over from "
+            "earlier runs (not rerun; their numbers are from that run, machine and code): "
+            + "; ".join(f"`{p}` from {c['date']} (`{c['command']}`, commit `{c['commit']}`)"
+                        for p, c in carried.items()) + ".")
+        add("")
     dirty = m.get("git_dirty")
     add(f"Code measured: commit `{m.get('git_commit', '?')}`"
         + (f" plus uncommitted changes in the shared checkout to: {dirty}." if dirty else " (clean checkout)."))

@@ -133,6 +133,27 @@ def git_facts() -> dict[str, str]:
             "git_dirty": ", ".join(changed[:40]) + (" ..." if len(changed) > 40 else "")}
 
 
+def carry_earlier_parts(results: dict[str, Any], previous: Path) -> None:
+    """``--parts`` ran a subset: keep the other parts of the results.json being replaced, each marked with the run
+    it came from (results.md says so), so one section can be rerun without losing the others."""
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    carried = dict(old.get("carried") or {})
+    for part in PARTS:
+        if part in results["parts"] or part not in old:
+            continue
+        results[part] = old[part]
+        m = old.get("machine") or {}
+        carried[part] = carried.get(part) or {"date": m.get("date", "?"), "commit": m.get("git_commit", "?"),
+                                              "command": old.get("command", "?"), "mode": old.get("mode", "?")}
+    for part in results["parts"]:
+        carried.pop(part, None)
+    if carried:
+        results["carried"] = carried
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
@@ -208,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.close()
             sim.stop()
     results["elapsed_s"] = time.time() - started
+    carry_earlier_parts(results, out / "results.json")
     try:
         results["machine"]["load_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
