@@ -316,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--setups", default="plugin,stock")
-    p.add_argument("--keep", action="store_true", help="leave the proxy running until Enter (to profile it)")
     args = p.parse_args(argv)
     from router_plugin.sim import SimState, start_sim
 
