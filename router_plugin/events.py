@@ -50,6 +50,8 @@ class Events(Observer):
             self.observers.append(observer)
 
     def _each(self, name: str, *args) -> None:
+        if not self.observers:  # the common case without metrics: nothing to look up per request
+            return
         for observer in self.observers:
             try:
                 getattr(observer, name)(*args)

@@ -232,3 +232,29 @@ def test_a_least_privilege_acl_user_runs_the_scripts_on_the_cluster(cluster):
     store.cool(ps[0], "busy", 1, 2)
     store.settle(outcomes[3], 5)
     assert isinstance(store.reserve(ps[0], 1), Blocked)
+
+
+def test_reserve_first_and_deferred_settles_on_the_cluster(cluster):
+    """A walk over several slots: one call per run of one slot, in order; deferred settles flushed per slot."""
+    from router_plugin.store import Ask
+
+    ps = plans()
+    a, a2, other, g120, g20, g8 = ps
+    store = QuotaStore(resolve_target(url_of(cluster[0]), None, 2.0, cluster=True), prefix="first:")
+
+    async def run():
+        for _ in range(6):  # a's account pool (shared with a2): its minute (6) is full
+            assert isinstance(await store.reserve(a, 10), Reservation)
+        chosen = await store.reserve_first([Ask(a, 10), Ask(a2, 10), Ask(g120, 200), Ask(g20, 100)])
+        store.settle_later(chosen, 20)
+        store.settle_later(await store.reserve_first([Ask(g20, 100)]), 10)
+        await store.flush()
+        none = await store.reserve_first([Ask(a, 10), Ask(a2, 10), Ask(g8, 99_999)])
+        left = await store.peek(g120)
+        await store.aclose()
+        return chosen, none, left
+
+    chosen, none, left = asyncio.run(run())
+    assert isinstance(chosen, Reservation) and chosen.plan is g120
+    assert [b.plan for b in none] == [a, a2, g8] and none[0].counter.key == "minute" and none[2].never
+    assert left.remaining("tpm").remaining == 900 - 20  # the settle reached its slot: 20 real tokens, not 200

@@ -62,11 +62,26 @@ from .timeouts import FAILED_KEY
 log = logging.getLogger("router_plugin")
 
 
+def _flush_litellm_callbacks_before_store_exit() -> None:
+    """At exit LiteLLM runs the success callbacks still queued (its logging worker's atexit flush); they defer
+    settles (store/batch.py), so the store's exit flush runs that first, whichever atexit handler comes first."""
+    from ..store import BEFORE_EXIT
+
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    except ImportError:  # pragma: no cover - another LiteLLM line: its own handler still runs
+        return
+    flush = getattr(GLOBAL_LOGGING_WORKER, "_flush_on_exit", None)
+    if flush is not None and flush not in BEFORE_EXIT:
+        BEFORE_EXIT.append(flush)
+
+
 class QuotaCallbacks(CustomLogger):
     def __init__(self, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
                  events: Events | None = None):
         super().__init__()
         keep_reply_headers()  # Groq's plain replies carry x-ratelimit-* too: calibrate from every reply
+        _flush_litellm_callbacks_before_store_exit()
         self.events = events if events is not None else Events()
         self.settings = settings
         self.store = store
@@ -85,10 +100,10 @@ class QuotaCallbacks(CustomLogger):
             self.events.succeeded(plan, total)
             headers = _success_headers(kwargs, response_obj)
             seen = providers.remaining(plan.provider, headers, None, time.time()) if headers else []
-            if reservation is not None:
-                await self.store.settle(reservation, total, seen)  # real tokens + headers: one round trip
+            if reservation is not None:  # real tokens + headers: deferred, carried by a later round trip (batch.py)
+                self.store.settle_later(reservation, total, seen)
             elif seen:
-                await self.store.calibrate(plan, seen)
+                self.store.calibrate_later(plan, seen)
             if state.get("strikes"):  # the reservation saw recent failures of this model: clear them
                 await close_circuit(self.store, plan)
         except Exception as exc:  # never let bookkeeping break a served request
@@ -132,7 +147,7 @@ class QuotaCallbacks(CustomLogger):
                 await self._record(plan, fact, now)
             seen = providers.exception_remaining(plan.provider or "", exc, now)
             if seen:
-                await self.store.calibrate(plan, seen)
+                self.store.calibrate_later(plan, seen)
             reservation = _reservation(plan, state)
             if reservation is not None:
                 await self.store.refund(reservation)
@@ -175,7 +190,7 @@ class QuotaCallbacks(CustomLogger):
             total = total_tokens if total_tokens > 0 else (reservation.tokens if reservation else 0)
             self.events.succeeded(plan, total)
             if reservation is not None:
-                await self.store.settle(reservation, total)
+                self.store.settle_later(reservation, total)
             if state.get("strikes"):  # the reservation saw recent failures of this model: clear them
                 await close_circuit(self.store, plan)
         except Exception as exc:

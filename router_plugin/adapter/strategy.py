@@ -25,31 +25,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import CustomRoutingStrategyBase
 
-from .._format import human_duration
+from .. import routing
 from .._plans import PlanBook
 from ..config import Settings
 from ..events import Events
 from ..limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
 from ..redact import remember, scrub
 from ..request_shape import problem as shape_problem
-from ..store import Blocked, QuotaStore, Reservation, SyncQuotaStore
+from ..routing import RETRY_AFTER_BOUND_S, UNSENT_KEY, Skip  # noqa: F401  (re-exported: the walk's names)
+from ..routing import describe_blocked as _describe_blocked  # noqa: F401
+from ..routing import short as _short
+from ..store import Ask, Blocked, QuotaStore, Reservation, SyncQuotaStore
 from .timeouts import EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of, remaining_s, transport_timeout
 
 log = logging.getLogger("router_plugin")
 
 METADATA_KEY = "router_plugin"
-#: A 429 whose recorded reset is at most this far away may be waited out and retried when nothing else can serve.
-RETRY_AFTER_BOUND_S = 3.0
 
 
 class QuotaExhaustedError(litellm.RateLimitError):
@@ -85,9 +84,6 @@ class RequestRejectedError(litellm.BadRequestError):
         super().__init__(message=f"router_plugin: {scrub(message)}", model=model, llm_provider="router_plugin")
 
 
-#: Request metadata key: deployments whose attempt in this request failed before it was sent (LiteLLM rejected
-#: the request locally), [{deployment_id, model, type, text}]. Written by the strategy from the attempt's state.
-UNSENT_KEY = "router_plugin_unsent"
 #: LiteLLM's exception types for an error raised inside LiteLLM before the HTTP call, about the request itself
 #: (a Python error while building the request is mapped to APIConnectionError).
 _CALLER_ERROR_TYPES = frozenset({"APIConnectionError", "BadRequestError", "UnsupportedParamsError",
@@ -121,78 +117,8 @@ def _register_sent_signal() -> None:
         litellm.input_callback.append(SENT_SIGNAL)
 
 
-@dataclass(frozen=True)
-class Skip:
-    plan: DeploymentPlan
-    why: str
-    failed: bool = False  # set aside because it failed in this request (not for quota or size)
-    never: bool = False  # the request can never fit this deployment (context window)
-
-
-@dataclass
-class _Failures:
-    """What this request's earlier attempts say about each deployment.
-
-    Source: the plugin's own record of failed attempts (``FAILED_KEY``, written by timeouts.py as each attempt
-    fails, with the HTTP status), else LiteLLM's retry breadcrumbs (``previous_models``, the sync path), plus the
-    deployments streams.py took out after a stream broke off (``EXCLUDE_KEY``).
-    """
-
-    out: dict[str, str]  # deployment id -> why it is not tried again
-    rate_limited: dict[str, str]  # deployment id -> its 429, may be waited out
-    context_floor: int = 0  # a deployment needs a larger context window than this
-    too_long: frozenset = frozenset()  # deployments that answered "context length exceeded" in this request
-
-    @classmethod
-    def of(cls, metadata: Mapping, plans: PlanBook) -> "_Failures":
-        per_id: dict[str, list[dict]] = {}
-        for entry in _failed_attempts(metadata):
-            per_id.setdefault(entry["deployment_id"], []).append(entry)
-        out: dict[str, str] = {}
-        rate_limited: dict[str, str] = {}
-        floor = 0
-        too_long = set()
-        for deployment_id, entries in per_id.items():
-            last = entries[-1]
-            text = _short(last["text"] or last["type"])
-            if len(entries) == 1 and last["status"] == 500:
-                continue  # HTTP 500 once: one more attempt on the same deployment
-            if all(e["status"] == 429 for e in entries):
-                rate_limited[deployment_id] = text
-                continue
-            if _is_context(last["type"], last["text"]):
-                plan = plans.by_id(deployment_id)
-                said = _CONTEXT_NUMBER.search(last["text"])
-                window = int(said.group(1)) if said else (plan.context_window if plan else 0) or 0
-                floor = max(floor, window)
-                too_long.add(deployment_id)
-            out[deployment_id] = f"failed earlier in this request ({text})"
-        for entry in metadata.get(EXCLUDE_KEY) or ():
-            if isinstance(entry, Mapping) and entry.get("deployment_id"):
-                out[str(entry["deployment_id"])] = \
-                    f"failed earlier in this request ({_short(str(entry.get('why', 'stream')))})"
-        for entry in metadata.get(UNSENT_KEY) or ():
-            if isinstance(entry, Mapping) and entry.get("deployment_id"):
-                rate_limited.pop(str(entry["deployment_id"]), None)
-                out[str(entry["deployment_id"])] = f"rejected before it was sent ({_short(str(entry.get('text')))})"
-        return cls(out, rate_limited, floor, frozenset(too_long))
-
-
 def _failed_attempts(metadata: Mapping) -> list[dict]:
-    own = metadata.get(FAILED_KEY)
-    if isinstance(own, (list, tuple)):  # the plugin's own record (every async call starts one)
-        return [{"deployment_id": str(e.get("deployment_id")), "status": e.get("status"),
-                 "type": str(e.get("type") or ""), "text": str(e.get("text") or "")}
-                for e in own if isinstance(e, Mapping) and e.get("deployment_id")]
-    entries = []
-    for e in metadata.get("previous_models") or ():
-        if isinstance(e, Mapping) and e.get("deployment_id"):
-            kind, text = str(e.get("exception_type") or ""), str(e.get("exception_string") or "")
-            code = _STATUS_IN_TEXT.search(text)
-            status = {"InternalServerError": 500, "RateLimitError": 429}.get(kind) or \
-                (int(code.group(1)) if code else None)
-            entries.append({"deployment_id": str(e["deployment_id"]), "status": status, "type": kind, "text": text})
-    return entries
+    return routing.failed_attempts(metadata, FAILED_KEY)
 
 
 class QuotaRouting(CustomRoutingStrategyBase):
@@ -215,6 +141,11 @@ class QuotaRouting(CustomRoutingStrategyBase):
             pass
 
     # ---- LiteLLM entry points -------------------------------------------------------------------------------
+    #
+    # One walk = ONE store call (``reserve_first``): every candidate's Ask in chain order, then the deployments that
+    # answered 429 in this request as report-only candidates; the store reserves the first that fits (all its
+    # counters or none) or answers every reason with its reset. Metered or not: an unmetered candidate has no
+    # counters, only its cooldown / quarantine is checked.
 
     async def async_get_available_deployment(
         self, model: str, messages: list[dict[str, str]] | None = None, input: str | list | None = None,
@@ -226,29 +157,17 @@ class QuotaRouting(CustomRoutingStrategyBase):
         deadline = time.monotonic() + self.settings.max_wait_s
         while True:
             request.check_budget()
-            blocked: list[Blocked] = []
-            for deployment, plan in request.candidates():
-                if not plan.metered:  # no counters, but its cooldown / quarantine counts (one dry round trip)
-                    outcome = await self.store.peek(plan)
-                    if isinstance(outcome, Blocked):
-                        blocked.append(outcome)
-                        continue
-                    return request.chosen(deployment, plan, None, outcome.strikes)
-                started = time.perf_counter()
-                outcome = await self.store.reserve(plan, request.tokens)
-                self.events.reserve_timed(plan, time.perf_counter() - started)
-                if isinstance(outcome, Reservation):
-                    return request.chosen(deployment, plan, outcome)
-                blocked.append(outcome)
-            for plan in request.rate_limited_plans():
-                outcome = await self.store.peek(plan)
-                if isinstance(outcome, Blocked):
-                    blocked.append(outcome)
+            asks = request.asks()
+            started = time.perf_counter()
+            outcome = await self.store.reserve_first(asks) if asks else []
+            if isinstance(outcome, Reservation):
+                return request.chosen_from(outcome, time.perf_counter() - started)
+            blocked = request.blocked_from(outcome, asks, time.perf_counter() - started)
             request.check_fits(blocked)
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
-            await asyncio.sleep(wait)
+            await self.wait(request, wait, blocked)
 
     def get_available_deployment(
         self, model: str, messages: list[dict[str, str]] | None = None, input: str | list | None = None,
@@ -263,29 +182,30 @@ class QuotaRouting(CustomRoutingStrategyBase):
         deadline = time.monotonic() + self.settings.max_wait_s
         while True:
             request.check_budget()
-            blocked: list[Blocked] = []
-            for deployment, plan in request.candidates():
-                if not plan.metered:  # no counters, but its cooldown / quarantine counts (one dry round trip)
-                    outcome = self.sync_store.peek(plan)
-                    if isinstance(outcome, Blocked):
-                        blocked.append(outcome)
-                        continue
-                    return request.chosen(deployment, plan, None, outcome.strikes)
-                started = time.perf_counter()
-                outcome = self.sync_store.reserve(plan, request.tokens)
-                self.events.reserve_timed(plan, time.perf_counter() - started)
-                if isinstance(outcome, Reservation):
-                    return request.chosen(deployment, plan, outcome)
-                blocked.append(outcome)
-            for plan in request.rate_limited_plans():
-                outcome = self.sync_store.peek(plan)
-                if isinstance(outcome, Blocked):
-                    blocked.append(outcome)
+            asks = request.asks()
+            started = time.perf_counter()
+            outcome = self.sync_store.reserve_first(asks) if asks else []
+            if isinstance(outcome, Reservation):
+                return request.chosen_from(outcome, time.perf_counter() - started)
+            blocked = request.blocked_from(outcome, asks, time.perf_counter() - started)
             request.check_fits(blocked)
             wait = request.wait_before_retry(blocked, deadline)
             if wait is None:
                 raise request.refusal(blocked)
-            time.sleep(wait)
+            self.wait_sync(request, wait, blocked)
+
+    # ---- where a request waits for a reset (max_wait_s, a 429's short Retry-After) ---------------------------
+    # The one place the walk sleeps: replace these to make waiting requests take turns (e.g. in priority order).
+
+    admission: Any = routing.PLAIN_ADMISSION  # .ask(plan, tokens, metadata, now_s) -> Ask; .describe(blocked)
+
+    async def wait(self, request: "_Request", seconds: float, blocked: list[Blocked]) -> None:
+        """Wait ``seconds`` before walking the chain again (``blocked``: why nothing fit; ``request.model`` is the
+        group, ``request.metadata`` the request's metadata)."""
+        await asyncio.sleep(seconds)
+
+    def wait_sync(self, request: "_Request", seconds: float, blocked: list[Blocked]) -> None:
+        time.sleep(seconds)
 
 
 class _Request:
@@ -301,10 +221,13 @@ class _Request:
         self.prompt_tokens = estimate_prompt_tokens(messages, request_kwargs)
         self.max_tokens = requested_max_tokens(request_kwargs, strategy.settings.default_max_tokens)
         self.tokens = self.prompt_tokens + self.max_tokens
+        plans = strategy.plans
+        self.pairs = [(d, plans.plan(d)) for d in deployments]  # each plan looked up once per request
         self.skipped: list[Skip] = []
-        self.failures = _Failures.of(self.metadata, strategy.plans)
+        self.failures = routing.Failures.of(self.metadata, plans, FAILED_KEY, EXCLUDE_KEY)
         self.retry_rate_limited = False  # set once a 429's short Retry-After has been waited out
         self.waited_for: list[Blocked] = []
+        self._deployment_of: dict[str, dict] = {}
 
     @classmethod
     def of(cls, strategy: QuotaRouting, model: str, messages, input, request_kwargs) -> "_Request":
@@ -325,33 +248,43 @@ class _Request:
             messages = [{"content": str(x)} for x in input]
         return cls(strategy, model, deployments, messages, request_kwargs)
 
-    def candidates(self) -> Iterator[tuple[dict, DeploymentPlan]]:
-        self.skipped = []
-        failures = self.failures
-        floor = failures.context_floor
-        for deployment in self.deployments:
-            plan = self.strategy.plans.plan(deployment)
-            if plan.deployment_id in failures.out:
-                self.skipped.append(Skip(plan, failures.out[plan.deployment_id], failed=True))
-            elif plan.deployment_id in failures.rate_limited and not self.retry_rate_limited:
-                self.skipped.append(Skip(plan, f"answered 429 earlier in this request "
-                                               f"({failures.rate_limited[plan.deployment_id]})", failed=True))
-            elif plan.context_window and self.tokens > plan.context_window:
-                self.skipped.append(
-                    Skip(plan, f"request needs ~{self.tokens} tokens, context window is {plan.context_window}",
-                         never=True)
-                )
-            elif floor and plan.context_window and plan.context_window <= floor:
-                self.skipped.append(Skip(plan, f"context window {plan.context_window} is no larger than the "
-                                               f"{floor} that already rejected this prompt as too long", never=True))
-            else:
-                yield deployment, plan
+    def asks(self) -> list[Ask]:
+        """This walk's candidates as the store's Asks, in chain order, then the deployments that answered 429 in
+        this request as report-only ones (their resets may be waited out). Sets ``skipped``."""
+        candidates, self.skipped = routing.select(self.pairs, self.failures, self.tokens, self.retry_rate_limited)
+        admission = self.strategy.admission
+        now_s = time.time()
+        asks = []
+        self._deployment_of = {}
+        for deployment, plan in candidates:
+            asks.append(admission.ask(plan, self.tokens, self.metadata, now_s))
+            self._deployment_of[plan.deployment_id] = deployment
+        for plan in routing.rate_limited_plans(self.skipped, self.failures, self.retry_rate_limited):
+            asks.append(Ask(plan, 0, peek=True))
+        return asks
+
+    def chosen_from(self, reservation: Reservation, seconds: float) -> dict:
+        plan = reservation.plan
+        self.strategy.events.reserve_timed(plan, seconds)
+        deployment = self._deployment_of[plan.deployment_id]
+        if not reservation.counters:  # unmetered: nothing was reserved, only its cooldown checked
+            return self.chosen(deployment, plan, None, reservation.strikes)
+        return self.chosen(deployment, plan, reservation)
+
+    def blocked_from(self, outcome: list[Blocked], asks: list[Ask], seconds: float) -> list[Blocked]:
+        if asks:
+            self.strategy.events.reserve_timed(asks[0].plan, seconds)
+        retime = getattr(self.strategy.admission, "retime", None)
+        return [retime(b) for b in outcome] if retime is not None else list(outcome)
+
+    def candidates(self) -> list[tuple[dict, DeploymentPlan]]:
+        """The chain's candidates for this walk, in order (sets ``skipped``)."""
+        candidates, self.skipped = routing.select(self.pairs, self.failures, self.tokens, self.retry_rate_limited)
+        return candidates
 
     def rate_limited_plans(self) -> list[DeploymentPlan]:
         """Deployments that answered 429 in this request and were passed over: their resets may be waited out."""
-        if self.retry_rate_limited:
-            return []
-        return [s.plan for s in self.skipped if s.plan.deployment_id in self.failures.rate_limited]
+        return routing.rate_limited_plans(self.skipped, self.failures, self.retry_rate_limited)
 
     def check_budget(self) -> None:
         deadline = deadline_of(self.metadata)
@@ -361,10 +294,11 @@ class _Request:
 
     def chosen(self, deployment: dict, plan: DeploymentPlan, reservation: Reservation | None,
                strikes: int = 0) -> dict:
-        attempts = int(self.state.get("attempts", 0)) + 1
+        state = self.state
+        attempts = int(state.get("attempts", 0)) + 1
         # Plain values only: LiteLLM and the proxy copy and serialise metadata.
-        self.state.clear()
-        self.state.update(
+        state.clear()
+        state.update(
             owner=self.strategy.owner,
             deployment_id=plan.deployment_id,
             model=plan.model,
@@ -377,10 +311,9 @@ class _Request:
             sent=False,  # set by SentSignal when LiteLLM hands the attempt to the provider
         )
         skipped = [(s.plan.model, s.why) for s in self.skipped]
-        log.info(
-            "router_plugin route group=%s chosen=%s attempt=%d tokens~%d skipped=[%s]",
-            self.model, plan.model, attempts, self.tokens, "; ".join(f"{m}: {why}" for m, why in skipped),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info("router_plugin route group=%s chosen=%s attempt=%d tokens~%d skipped=[%s]",
+                     self.model, plan.model, attempts, self.tokens, "; ".join(f"{m}: {why}" for m, why in skipped))
         self.strategy.events.routed(self.model, plan, attempts, skipped, reservation)
         return deployment
 
@@ -389,24 +322,10 @@ class _Request:
         context window, or than a whole limit): retrying it unchanged cannot help, so no 429 and no Retry-After."""
         if not self.skipped and not blocked:
             return
-        never_ids = {s.plan.deployment_id for s in self.skipped if s.never}
-        never_ids |= {b.plan.deployment_id for b in blocked if b.never}
-        never_ids |= {s.plan.deployment_id for s in self.skipped if s.plan.deployment_id in self.failures.too_long}
-        if len(never_ids) < len({self.strategy.plans.plan(d).deployment_id for d in self.deployments}):
+        message = routing.never_fits(self.model, {p.deployment_id for _, p in self.pairs}, self.skipped, blocked,
+                                     self.failures, self.tokens, self.prompt_tokens, self.max_tokens)
+        if message is None:
             return
-        windows = [s.plan.context_window for s in self.skipped if s.never and s.plan.context_window]
-        need = f"~{self.tokens:,} tokens (prompt ~{self.prompt_tokens:,} + completion {self.max_tokens:,})"
-        limits = [f"{b.counter.label} is {b.counter.limit.capacity:,}" for b in blocked if b.never and b.counter]
-        parts = []
-        if windows:
-            parts.append(f"the largest context window in '{self.model}' is {max(windows):,}")
-        if limits:
-            parts.append("; ".join(dict.fromkeys(limits)))
-        rejected = [s.plan.model for s in self.skipped if s.plan.deployment_id in self.failures.too_long]
-        if rejected:
-            parts.append(f"{', '.join(rejected)} answered that the prompt exceeds its context window")
-        message = (f"request needs {need}; " + "; ".join(parts or ["no deployment can take it"])
-                   + " (send a shorter prompt or a smaller max_tokens)")
         log.info("router_plugin reject group=%s never fits: %s", self.model, message)
         self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
         raise RequestRejectedError(self.model, message)
@@ -415,49 +334,24 @@ class _Request:
         """Seconds to sleep before walking the chain again, or None to refuse now."""
         budget = deadline_of(self.metadata)
         budget_left = None if budget is None else budget - time.time()
-        short = [b for b in blocked if not b.never and b.plan.deployment_id in self.failures.rate_limited]
-        if short and not self.retry_rate_limited:
-            # A provider 429 in this request with a short Retry-After, and nothing else can serve: wait it out.
-            wait = min(b.wait_s for b in short) + 0.01
-            bound = max(RETRY_AFTER_BOUND_S, self.strategy.settings.max_wait_s)
-            if wait <= bound and (budget_left is None or wait < budget_left):
-                self.retry_rate_limited = True
-                self.waited_for = short
-                log.info("router_plugin wait group=%s %.2fs for the reset of %s (429 in this request)",
-                         self.model, wait, ", ".join(sorted({b.plan.model for b in short})))
-                return wait
-        if self.strategy.settings.max_wait_s <= 0:
+        wait = routing.wait_before_retry(self.model, blocked, self.failures, self.retry_rate_limited,
+                                         self.strategy.settings.max_wait_s, budget_left, deadline - time.monotonic())
+        if wait is None:
             return None
-        waits = [b.wait_s for b in blocked if not b.never]
-        if not waits:
-            return None
-        wait = min(waits) + 0.01
-        if budget_left is not None and wait >= budget_left:
-            return None
-        return wait if time.monotonic() + wait <= deadline else None
+        if wait.rate_limited:
+            self.retry_rate_limited = True
+            self.waited_for = list(wait.waited_for)
+        return wait.seconds
 
     def refusal(self, blocked: list[Blocked]) -> QuotaExhaustedError | ChainFailedError:
-        if not blocked and any(s.failed for s in self.skipped):  # nothing is out of quota: providers failed
-            said = scrub("; ".join(f"{s.plan.model}: {s.why}" for s in self.skipped))
-            log.info("router_plugin chain failed group=%s reasons=[%s]", self.model, said)
-            self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], None)
-            return ChainFailedError(self.model, f"every deployment of '{self.model}' failed for this request: {said}")
-        reasons = _describe_blocked(blocked) + [f"{s.plan.model}: {s.why}" for s in self.skipped]
-        said = scrub("; ".join(reasons))  # one scrubbed text for the log line and the error
-        waits = [b.wait_s for b in blocked if not b.never]
-        retry_after = min(waits) if waits else None
-        if blocked and all(b.counter is None and not b.never for b in blocked):
-            # No quota reason at all: every deployment is set aside after failures (its own or other workers'):
-            # an outage (503), not a quota refusal; come back when the first cooldown ends.
-            log.info("router_plugin chain cooling down group=%s reasons=[%s]", self.model, said)
-            self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped],
-                                         retry_after)
-            return ChainFailedError(self.model, f"every deployment of '{self.model}' is cooling down after "
-                                                f"failures: {said}", retry_after)
-        message = f"no deployment of '{self.model}' can take this request now: " + (said or "no candidates")
-        log.info("router_plugin refuse group=%s reasons=[%s]", self.model, said)
-        self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped], retry_after)
-        return QuotaExhaustedError(self.model, message, retry_after)
+        admission = self.strategy.admission
+        describe = None if hasattr(admission, "retime") else getattr(admission, "describe", None)
+        refused = routing.refusal(self.model, blocked, self.skipped, describe)
+        self.strategy.events.refused(self.model, blocked, [(s.plan.model, s.why) for s in self.skipped],
+                                     refused.retry_after_s)
+        if refused.kind == routing.QUOTA:
+            return QuotaExhaustedError(self.model, refused.message, refused.retry_after_s)
+        return ChainFailedError(self.model, refused.message, refused.retry_after_s)
 
 
 def _metadata(request_kwargs: dict) -> dict:
@@ -467,50 +361,6 @@ def _metadata(request_kwargs: dict) -> dict:
             return value
     request_kwargs["metadata"] = {}
     return request_kwargs["metadata"]
-
-
-_CONTEXT_NUMBER = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
-_STATUS_IN_TEXT = re.compile(r'"code"\s*:\s*"?(\d{3})\b')
-_CONTEXT_WORDS = ("context length", "context_length", "context window", "reduce the length of the messages")
-
-
-def _is_context(kind: str, text: str) -> bool:
-    low = text.lower()
-    return kind == "ContextWindowExceededError" or any(w in low for w in _CONTEXT_WORDS)
-
-
-_EXC_PREFIX = re.compile(r"^(?:litellm\.\w+: )?(?:\w+Error: |Timeout: )?")
-
-
-def _short(text: str, n: int = 200) -> str:
-    """One line of an exception string, without LiteLLM's repeated class-name prefixes and group suffix, and
-    without any key an upstream echoed (redact.py)."""
-    text = _EXC_PREFIX.sub("", scrub(text).split("\nLiteLLM: model group", 1)[0].strip())
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _describe_blocked(blocked: list[Blocked]) -> list[str]:
-    """One phrase per exhausted pool (two :free models on one account are one pool: named once)."""
-    seen: dict[tuple[str, str], str] = {}
-    for b in blocked:
-        if b.counter is None:
-            key, text = (b.plan.slot, b.plan.model), f"{b.plan.model} set aside ({b.why}) until {_when(b)}"
-        elif b.never:
-            key, text = (b.plan.slot, b.counter.key), f"{b.counter.label}: request larger than the whole limit"
-        else:
-            label = b.counter.label
-            state = "exhausted" if b.why in ("full", "exhausted") else b.why
-            key, text = (b.plan.slot, b.counter.key), f"{label} {state} until {_when(b)}"
-        seen.setdefault(key, text)
-    return list(seen.values())
-
-
-def _when(b: Blocked) -> str:
-    at = time.strftime("%H:%M:%S UTC", time.gmtime(b.until_ms / 1000))
-    return f"{at} (in {human_duration(b.wait_s)})"
-
-
 
 
 def _unsent_attempt(strategy: QuotaRouting, model: str, metadata: dict) -> None:

@@ -18,9 +18,10 @@ store empty; registered after an empty open, it is called at once with ``"open"`
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -29,12 +30,14 @@ from ..errors import StoreError
 from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
 from . import _codec
-from ._codec import Blocked, CounterState, KeySpace, Reservation
+from ._codec import Ask, Blocked, CounterState, KeySpace, Reservation
 from ._ops import SyncOperations
+from .batch import FLUSH_AT_OPS, FLUSH_INTERVAL_S, AdjustQueue, Deferred
 from .connect import StoreTarget, resolve_target
 
 __all__ = [
     "MARKER_CHECK_S",
+    "Ask",
     "Blocked",
     "CounterState",
     "QuotaStore",
@@ -98,6 +101,11 @@ class QuotaStore(_Base):
         super().__init__(target, prefix, arrival_margin_s)
         self._fixed_client = client
         self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.deferred = AdjustQueue()  # settles and calibrations not yet in Redis (batch.py)
+        self._timers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> flush timer
+        self._flushing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> flush task in flight
+        self._closers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its close hook
+        _LIVE.add(self)
 
     @property
     def _scripts(self) -> dict:
@@ -117,13 +125,41 @@ class QuotaStore(_Base):
     async def reserve(
         self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
     ) -> Reservation | Blocked:
+        keys, args, ask = _codec.reserve_call(self.keys, plan, tokens, self.margin_ms, dry, counters_only)
         try:
-            reply = await self._scripts["reserve"](
-                keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
-            )
+            reply = await self._scripts["reserve"](keys=keys, args=args)
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
-        return _codec.parse_reserve(plan, tokens, reply)
+        return _codec.parse_one(ask, reply)
+
+    async def reserve_first(self, asks: Sequence[Ask]) -> Reservation | list[Blocked]:
+        """Reserve the first candidate that fits, in order (all its counters, all or none): one round trip for
+        the whole chain (on a cluster: one per run of consecutive candidates sharing a slot). None fits: every
+        candidate's Blocked, in order (report-only candidates only when blocked)."""
+        blocked: list[Blocked] = []
+        cluster = self.target.cluster
+        for group in (_codec.slot_groups(asks) if cluster else ([list(asks)] if asks else [])):
+            call = _codec.first_call(self.keys, group, self.margin_ms)
+            carried = self.deferred.take() if not cluster and len(self.deferred) else None
+            try:
+                if carried:  # this process's deferred settles ride along: applied first, same round trip
+                    keys, args = _codec.folded_call(_codec.adjust_call(self.keys, carried), call)
+                    reply = await self._scripts["adjust_reserve"](keys=keys, args=args)
+                    self.deferred.folded += len(carried)
+                else:
+                    reply = await self._scripts["reserve"](keys=call[0], args=call[1])
+            except BaseException as exc:
+                if carried:
+                    self.deferred.put_back(carried)
+                    self._schedule_flush()
+                if isinstance(exc, STORE_FAILURES):
+                    raise self._error("reserve", exc) from exc
+                raise
+            outcome = _codec.parse_first(group, reply)
+            if isinstance(outcome, Reservation):
+                return outcome
+            blocked += outcome
+        return blocked
 
     async def peek(self, plan: DeploymentPlan, counters_only: bool = False) -> Reservation | Blocked:
         return await self.reserve(plan, 0, dry=True, counters_only=counters_only)
@@ -138,6 +174,119 @@ class QuotaStore(_Base):
 
     async def calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
         await self._adjust(plan, _codec.calibrate_ops(plan, facts))
+
+    # ---- deferred adjustments (batch.py): off the request's path, folded into the next reservation ----------
+
+    def settle_later(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
+        """``settle`` without a round trip of its own: queued, then carried by this process's next reservation
+        or flushed within ``FLUSH_INTERVAL_S`` (batch.py)."""
+        self._defer(reservation.plan, _codec.settle_ops(reservation, actual_tokens, seen))
+
+    def calibrate_later(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        """``calibrate`` (raise-only) without a round trip of its own (see ``settle_later``)."""
+        self._defer(plan, _codec.calibrate_ops(plan, facts))
+
+    def _defer(self, plan: DeploymentPlan, ops: list, locally: Any = None) -> None:
+        if not ops:
+            return
+        queued = self.deferred.put(Deferred(plan, ops, locally))
+        self._schedule_flush(soon=queued >= FLUSH_AT_OPS)
+
+    def _schedule_flush(self, soon: bool = False) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop here: send them now, blocking
+            self.flush_blocking()
+            return
+        if loop not in self._closers:
+            self._watch(loop)
+        if soon:
+            self._start_flush(loop)
+        elif self._timers.get(loop) is None:
+            self._timers[loop] = loop.call_later(FLUSH_INTERVAL_S, self._start_flush, loop)
+
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timers.pop(loop, None)
+        running = self._flushing.get(loop)
+        if not len(self.deferred) or (running is not None and not running.done()) or loop.is_closed():
+            return  # nothing queued, or the flush in flight takes what is queued when it is done
+        self._flushing[loop] = loop.create_task(self.flush())
+
+    async def flush(self) -> None:
+        """Send every deferred adjustment now: one adjust call (one per hash slot on a cluster)."""
+        while len(self.deferred):
+            if not await self._send_deferred(self.deferred.take()):
+                return  # failed: kept queued (or applied locally, resilient.py) — tried again later
+
+    async def _send_deferred(self, items: list[Deferred]) -> bool:
+        """Send ``items``; False when the store failed (what was not sent is queued again)."""
+        groups = _by_slot(items) if self.target.cluster else [items]
+        for i, group in enumerate(groups):
+            try:
+                await self._send_group(group)
+            except asyncio.CancelledError:
+                self.deferred.put_back([item for g in groups[i:] for item in g])
+                raise
+            except (*STORE_FAILURES, StoreError) as exc:
+                self.deferred.put_back([item for g in groups[i:] for item in g])
+                log.error("router_plugin: quota store %s failed to take %d deferred counter adjustment(s) (%s: %s); "
+                          "kept to send again", self.target.describe(), len(self.deferred), type(exc).__name__,
+                          str(exc)[:200])
+                return False
+        self.deferred.flushed += len(items)
+        return True
+
+    async def _send_group(self, group: list[Deferred]) -> None:
+        keys, args = _codec.adjust_call(self.keys, group)
+        await self._scripts["adjust"](keys=keys, args=args)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush when ``loop`` closes (``asyncio.run`` returning): an async generator the loop finalises at its
+        shutdown (``shutdown_asyncgens`` runs after the tasks are cancelled, before the loop closes)."""
+        closer = self._until_loop_closes()
+        self._closers[loop] = closer
+        try:  # its first step, now: the loop's first-iteration hook registers it for shutdown_asyncgens
+            closer.__anext__().send(None)
+        except StopIteration:
+            pass
+
+    async def _until_loop_closes(self):
+        try:
+            while True:
+                yield
+        finally:
+            if len(self.deferred):
+                try:
+                    async with asyncio.timeout(self.target.timeout_s * 3):
+                        await self.flush()
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass  # still queued: the exit flush (atexit) sends them
+
+    def flush_blocking(self) -> None:
+        """Send what is deferred through a blocking client (process exit, or no event loop). A failure is
+        logged with the count lost, never silent."""
+        items = self.deferred.take()
+        if not items:
+            return
+        client = None
+        try:
+            client = self.target.sync_client()
+            script = client.register_script(_codec.SCRIPTS["adjust"])
+            for group in (_by_slot(items) if self.target.cluster else [items]):
+                keys, args = _codec.adjust_call(self.keys, group)
+                script(keys=keys, args=args)
+            self.deferred.flushed += len(items)
+        except Exception as exc:  # noqa: BLE001 - at exit: say what was lost, never raise
+            lost = sum(len(item.ops) for item in items)
+            log.error("router_plugin: %d counter adjustment(s) could not be written to the quota store %s at exit "
+                      "(%s: %s); the counters read low until the providers' headers correct them", lost,
+                      self.target.describe(), type(exc).__name__, str(exc)[:200])
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001
+                    pass
 
     async def block(self, plan: DeploymentPlan, counter: Counter, until_ms: int, why: str, for_ms: int = 0) -> int:
         """Block one counter for every worker until ``until_ms`` (or for ``for_ms`` from Redis TIME); returns its end."""
@@ -196,9 +345,38 @@ class QuotaStore(_Base):
             raise self._error("check the server", exc) from exc
 
     async def aclose(self) -> None:
+        if len(self.deferred):
+            await self.flush()
         scripts = self._per_loop.pop(asyncio.get_running_loop(), None)
         if scripts is not None:
             await scripts["client"].aclose()
+
+
+_LIVE: "weakref.WeakSet[QuotaStore]" = weakref.WeakSet()
+
+
+#: Called at exit before the deferred adjustments are flushed: work that may still defer some (the adapter adds
+#: LiteLLM's own exit flush of success callbacks, whichever of the two atexit handlers runs first).
+BEFORE_EXIT: list = []
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Nothing deferred is lost when a worker exits normally (see batch.py)."""
+    for hook in list(BEFORE_EXIT):
+        try:
+            hook()
+        except Exception as exc:  # noqa: BLE001 - at exit: never raise
+            log.debug("router_plugin: an exit hook failed: %s", exc)
+    for store in list(_LIVE):
+        store.flush_blocking()
+
+
+def _by_slot(items: list[Deferred]) -> list[list[Deferred]]:
+    groups: dict[str, list[Deferred]] = {}
+    for item in items:
+        groups.setdefault(item.plan.slot, []).append(item)
+    return list(groups.values())
 
 
 class SyncQuotaStore(SyncOperations, _Base):
@@ -223,16 +401,15 @@ class SyncQuotaStore(SyncOperations, _Base):
             self._registered = {name: client.register_script(src) for name, src in _codec.SCRIPTS.items()}
         return self._registered
 
-    def reserve(
-        self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
-    ) -> Reservation | Blocked:
+    @property
+    def cluster(self) -> bool:  # one reserve_first call per slot group
+        return self.target.cluster
+
+    def _run_reserve(self, keys: list, args: list) -> list:
         try:
-            reply = self._scripts["reserve"](
-                keys=self.keys.reserve_keys(plan), args=_codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
-            )
+            return self._scripts["reserve"](keys=keys, args=args)
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
-        return _codec.parse_reserve(plan, tokens, reply)
 
     def clamped_on(self, day: int) -> int:
         """How many provider values were bounded on UTC day ``day`` (see ``QuotaStore.count_clamped``)."""

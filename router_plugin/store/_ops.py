@@ -6,22 +6,41 @@ differ only in how they run a script; everything above that is here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
 from . import _codec
-from ._codec import Blocked, KeySpace, Reservation
+from ._codec import Ask, Blocked, KeySpace, Reservation
 
 
 class SyncOperations:
-    """Mixin: needs ``keys`` (a ``KeySpace``), ``reserve``, ``_adjust(plan, ops)`` and ``_mark(key, args)``."""
+    """Mixin: needs ``keys`` (a ``KeySpace``), ``margin_ms``, ``_run_reserve(keys, args)`` (one reserve.lua call),
+    ``_adjust(plan, ops)`` and ``_mark(key, args)``; ``cluster`` (True: one call per slot group)."""
 
     keys: KeySpace
+    margin_ms: int
+    cluster = False
+
+    def _run_reserve(self, keys: list, args: list) -> list:  # pragma: no cover - provided by the store
+        raise NotImplementedError
 
     def reserve(self, plan: DeploymentPlan, tokens: int, dry: bool = False,
-                counters_only: bool = False) -> Reservation | Blocked:  # pragma: no cover - provided by the store
-        raise NotImplementedError
+                counters_only: bool = False) -> Reservation | Blocked:
+        keys, args, ask = _codec.reserve_call(self.keys, plan, tokens, self.margin_ms, dry, counters_only)
+        return _codec.parse_one(ask, self._run_reserve(keys, args))
+
+    def reserve_first(self, asks: Sequence[Ask]) -> Reservation | list[Blocked]:
+        """Reserve the first candidate that fits, in order (all its counters, all or none): one script call (one
+        per slot group on a cluster). None fits: every candidate's Blocked, in order."""
+        blocked: list[Blocked] = []
+        for group in (_codec.slot_groups(asks) if self.cluster else ([list(asks)] if asks else [])):
+            keys, args = _codec.first_call(self.keys, group, self.margin_ms)
+            outcome = _codec.parse_first(group, self._run_reserve(keys, args))
+            if isinstance(outcome, Reservation):
+                return outcome
+            blocked += outcome
+        return blocked
 
     def _adjust(self, plan: DeploymentPlan, ops: list) -> None:  # pragma: no cover - provided by the store
         raise NotImplementedError

@@ -110,96 +110,110 @@ class _Hashes:
 
 
 def script_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
-    """reserve.lua. ``argv`` is 0-based here: ARGV[k] is ``argv[k - 1]``."""
+    """reserve.lua. ``argv`` is 0-based here: ARGV[k] is ``argv[k - 1]``; ``keys`` likewise (KEYS[k] = keys[k - 1])."""
     ARGV = [None, *argv]  # noqa: N806  (1-based, as in the script)
-    dry = _str(ARGV[2]) != "0"
-    margin = _num(ARGV[3])
+    KEYS = [None, *keys]  # noqa: N806
+    m = int(_num(ARGV[1]))
+    margin = _num(ARGV[2])
 
-    strikes = 0
-    if _str(ARGV[2]) != "2":
-        cool_until_raw, cool_why, strikes_raw = db.hmget(keys[0], now, "until", "why", "strikes")
-        cool_until = _num(cool_until_raw)
-        if cool_until is not None and cool_until > now:
-            return _reply([0, now, 0, cool_until, cool_why if cool_why is not None else "cooling down"])
-        strikes = _num(strikes_raw) or 0
-
-    n = int(_num(ARGV[1]))
-    writes: dict[int, tuple] = {}
-    reply: list = [1, now]
-    blocked_i, blocked_until, blocked_why = None, 0, ""
-
-    for i in range(1, n + 1):
-        base = 4 + (i - 1) * 4
-        kind, cap, win, cost = _str(ARGV[base]), _num(ARGV[base + 1]), _num(ARGV[base + 2]), _num(ARGV[base + 3])
-        h = db.hmget(keys[i], now, "at", "used", "spill", "until", "why")
-        at = _num(h[0])
-        used = _num(h[1]) if _num(h[1]) is not None else 0
-        spill = _num(h[2]) if _num(h[2]) is not None else 0
-        held = _num(h[3])
-        until_ms, why = None, None
-        if kind == "f":
-            w = math.floor(now / win)
-            if at == w - 1:
-                used, spill = spill, 0
-            elif at != w:
-                used, spill = 0, 0
-            reset = (w + 1) * win
-            if used + cost > cap:
-                until_ms, why = reset, "full"
-            if reset - now < margin:
-                spill = spill + cost
-            writes[i] = (w, used + cost, spill, reset + win if spill > 0 else reset)  # spill is read next window
-            left = cap - used - cost
-        else:
-            # the arrival margin on a refill bucket: see the comment in reserve.lua
-            level, credit = 0, 0
-            if at is not None:
-                elapsed = now - at
-                level = used - elapsed * cap / win
-                if level > 0:
-                    credit = now - spill
-                else:
-                    empty_at = at + used * win / cap
-                    credit = min(margin - (now - empty_at), empty_at - spill)
-                    level = 0
-                if credit > margin:
-                    credit = margin
-                if credit < 0:
-                    credit = 0
-            checked = level + credit * cap / win
-            if cost > cap:
-                until_ms, why = -1, "too large"
-            elif checked + cost > cap + _EPS:
-                until_ms, why = now + margin + math.ceil((level + cost - cap) * win / cap), "full"
-                if until_ms <= now:
-                    until_ms = now + 1
-            reset = now + math.ceil((level + cost) * win / cap)
-            writes[i] = (now, level + cost, now - credit, now + win + margin)
-            left = cap - checked - cost
-        if held is not None and held > now and until_ms != -1 and (until_ms is None or held > until_ms):
-            until_ms, why = held, (h[4] if h[4] is not None else "exhausted")
-        if until_ms is not None:
-            if until_ms == -1:
-                return _reply([0, now, i, -1, "request larger than the whole limit"])
-            if until_ms > blocked_until:
-                blocked_i, blocked_until, blocked_why = i, until_ms, why
-        if left < 0:
-            left = 0
-        reply.append(math.floor(left + _EPS))
-        reply.append(reset)
-
-    if blocked_i is not None:
-        return _reply([0, now, blocked_i, blocked_until, blocked_why])
-    if not dry:
+    def attempt(k: int, a: int, mode: str) -> tuple:
+        strikes = 0
+        if mode != "2":
+            cool_until_raw, cool_why, strikes_raw = db.hmget(KEYS[k], now, "until", "why", "strikes")
+            cool_until = _num(cool_until_raw)
+            if cool_until is not None and cool_until > now:
+                return [0, cool_until, cool_why if cool_why is not None else "cooling down"], 0, [], {}
+            strikes = _num(strikes_raw) or 0
+        n = int(_num(ARGV[a]))
+        writes: dict[int, tuple] = {}
+        states: list = []
+        blocked_i, blocked_until, blocked_why = None, 0, ""
         for i in range(1, n + 1):
-            key, wr = keys[i], writes[i]
-            db.hset(key, now, at=wr[0], used=wr[1], spill=wr[2])
-            ttl = db.pttl(key, now)
-            keep_until = wr[3] + 1000
-            if ttl < 0 or now + ttl < keep_until:
-                db.pexpireat(key, keep_until)
-    reply.append(strikes)
-    return _reply(reply)
+            base = a + 1 + (i - 1) * 5
+            kind, cap, win, cost = _str(ARGV[base]), _num(ARGV[base + 1]), _num(ARGV[base + 2]), _num(ARGV[base + 3])
+            ceil = _num(ARGV[base + 4])
+            over = "ceiling" if ceil < cap else "full"
+            h = db.hmget(KEYS[k + i], now, "at", "used", "spill", "until", "why")
+            at = _num(h[0])
+            used = _num(h[1]) if _num(h[1]) is not None else 0
+            spill = _num(h[2]) if _num(h[2]) is not None else 0
+            held = _num(h[3])
+            until_ms, why = None, None
+            if kind == "f":
+                w = math.floor(now / win)
+                if at == w - 1:
+                    used, spill = spill, 0
+                elif at != w:
+                    used, spill = 0, 0
+                reset = (w + 1) * win
+                if used + cost > ceil:
+                    until_ms, why = reset, over
+                if reset - now < margin:
+                    spill = spill + cost
+                writes[i] = (w, used + cost, spill, reset + win if spill > 0 else reset)  # spill is read next window
+                left = cap - used - cost
+            else:
+                # the arrival margin on a refill bucket: see the comment in reserve.lua
+                level, credit = 0, 0
+                if at is not None:
+                    elapsed = now - at
+                    level = used - elapsed * cap / win
+                    if level > 0:
+                        credit = now - spill
+                    else:
+                        empty_at = at + used * win / cap
+                        credit = min(margin - (now - empty_at), empty_at - spill)
+                        level = 0
+                    if credit > margin:
+                        credit = margin
+                    if credit < 0:
+                        credit = 0
+                checked = level + credit * cap / win
+                if cost > cap:
+                    until_ms, why = -1, "too large"
+                elif checked + cost > ceil + _EPS:
+                    until_ms, why = now + margin + math.ceil((level + cost - ceil) * win / cap), over
+                    if until_ms <= now:
+                        until_ms = now + 1
+                reset = now + math.ceil((level + cost) * win / cap)
+                writes[i] = (now, level + cost, now - credit, now + win + margin)
+                left = cap - checked - cost
+            if held is not None and held > now and until_ms != -1 and (until_ms is None or held > until_ms):
+                until_ms, why = held, (h[4] if h[4] is not None else "exhausted")
+            if until_ms is not None:
+                if until_ms == -1:
+                    return [i, -1, "request larger than the whole limit"], 0, [], {}
+                if until_ms > blocked_until:
+                    blocked_i, blocked_until, blocked_why = i, until_ms, why
+            if left < 0:
+                left = 0
+            states.append(math.floor(left + _EPS))
+            states.append(reset)
+        if blocked_i is not None:
+            return [blocked_i, blocked_until, blocked_why], 0, [], {}
+        return None, strikes, states, writes
+
+    none: list = [0, now]
+    k, a = 1, 3
+    for c in range(1, m + 1):
+        mode, n = _str(ARGV[a]), int(_num(ARGV[a + 1]))
+        blocked, strikes, states, writes = attempt(k, a + 1, mode)
+        if blocked is None and mode == "3":
+            blocked = [-1, 0, ""]
+        if blocked is None:
+            if mode == "0":
+                for i in range(1, n + 1):
+                    key, wr = KEYS[k + i], writes[i]
+                    db.hset(key, now, at=wr[0], used=wr[1], spill=wr[2])
+                    ttl = db.pttl(key, now)
+                    keep_until = wr[3] + 1000
+                    if ttl < 0 or now + ttl < keep_until:
+                        db.pexpireat(key, keep_until)
+            return _reply([1, now, c, strikes, *states])
+        none.extend(blocked)
+        k = k + 1 + n
+        a = a + 2 + 5 * n
+    return _reply(none)
 
 
 def script_adjust(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
@@ -275,7 +289,15 @@ def script_mark(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any])
     return _reply([until_ms, strikes])
 
 
+def script_adjust_reserve(db: _Hashes, now: int, keys: Sequence[str], argv: Sequence[Any]) -> Reply:
+    """_codec.SCRIPTS["adjust_reserve"]: adjust.lua, then reserve.lua, in one atomic call."""
+    nk, na = int(_num(argv[0])), int(_num(argv[1]))
+    script_adjust(db, now, keys[:nk], argv[2:2 + na])
+    return script_reserve(db, now, keys[nk:], argv[2 + na:])
+
+
 SCRIPTS: dict[str, Callable[[_Hashes, int, Sequence[str], Sequence[Any]], Reply]] = {
+    "adjust_reserve": script_adjust_reserve,
     "reserve": script_reserve,
     "adjust": script_adjust,
     "mark": script_mark,
@@ -299,13 +321,8 @@ class LocalQuotaStore(SyncOperations):
             now = int(self.clock_ms()) if now_ms is None else int(now_ms)
             return SCRIPTS[name](self.db, now, list(keys), list(args))
 
-    def reserve(
-        self, plan: DeploymentPlan, tokens: int, dry: bool = False, counters_only: bool = False
-    ) -> Reservation | Blocked:
-        reply = self.run(
-            "reserve", self.keys.reserve_keys(plan), _codec.reserve_args(plan, tokens, self.margin_ms, dry, counters_only)
-        )
-        return _codec.parse_reserve(plan, tokens, reply)
+    def _run_reserve(self, keys: list, args: list) -> Reply:
+        return self.run("reserve", keys, args)
 
     def _mark(self, key: str, args: list) -> tuple[int, int]:
         reply = self.run("mark", [key], args)

@@ -50,7 +50,7 @@ from ..errors import StoreError
 from ..limits import Counter, DeploymentPlan
 from ..providers.facts import Remaining
 from . import MARKER_CHECK_S, STORE_FAILURES, QuotaStore, SyncQuotaStore, _codec, _marker_value, marker_key
-from ._codec import Blocked, Reservation
+from ._codec import Ask, Blocked, Reservation
 from .connect import StoreTarget, acheck_server, check_server, ensure_embedded
 from .local import LocalQuotaStore
 
@@ -289,6 +289,10 @@ class StoreGuard:
         """A call to Redis returned ``result``: note what it says; if Redis was down until now, what to replay."""
         if isinstance(result, (Reservation, Blocked)):
             self.seen(result)
+        elif isinstance(result, list):  # reserve_first: every candidate blocked
+            for outcome in result:
+                if isinstance(outcome, Blocked):
+                    self.seen(outcome)
         return self.recovered()
 
     def call_failed(self, action: str, exc: BaseException) -> None:
@@ -322,26 +326,31 @@ class StoreGuard:
         """The plan with every capacity cut to this worker's share (same keys, labels that say so)."""
         shared = self._shares.get(plan)
         if shared is None:
-            counters = []
-            for c in plan.counters:
-                cap = max(1, c.limit.capacity // self.workers)
-                label = (f"{c.label} [this worker's share, {cap} of {c.limit.capacity}, while the quota store "
-                         f"{self.target.describe()} is unreachable]")
-                counters.append(dataclasses.replace(c, limit=dataclasses.replace(c.limit, capacity=cap), label=label))
-            shared = dataclasses.replace(plan, counters=tuple(counters))
+            shared = dataclasses.replace(plan, counters=tuple(self.share_counter(c) for c in plan.counters))
             self._shares[plan] = shared
+        return shared
+
+    def share_counter(self, c: Counter) -> Counter:
+        """One counter with its capacity cut to this worker's share (a label that says so)."""
+        shared = self._shares.get(c)
+        if shared is None:
+            cap = max(1, c.limit.capacity // self.workers)
+            label = (f"{c.label} [this worker's share, {cap} of {c.limit.capacity}, while the quota store "
+                     f"{self.target.describe()} is unreachable]")
+            shared = dataclasses.replace(c, limit=dataclasses.replace(c.limit, capacity=cap), label=label)
+            self._shares[c] = shared
         return shared
 
     def _touch(self, plan: DeploymentPlan, counters: Iterable[Counter]) -> DeploymentPlan:
         shared = self.share(plan)
-        by_key = {c.key: c for c in shared.counters}
         for c in counters:
             key = self.local.keys.counter(shared, c)
+            share = self.share_counter(c)
             if key not in self._touched:
-                self._touched[key] = (plan, c, by_key[c.key])
+                self._touched[key] = (plan, c, share)
             if key not in self._seeded:
                 self._seeded.add(key)
-                self._seed(key, c, by_key[c.key])
+                self._seed(key, c, share)
         return shared
 
     def _seed(self, key: str, counter: Counter, share: Counter) -> None:
@@ -365,16 +374,31 @@ class StoreGuard:
         units, window = self.local.usage(key, share, now)
         self._baselines[key] = _Baseline(units, now, window)
 
-    def local_reserve(self, plan: DeploymentPlan, tokens: int, dry: bool, counters_only: bool) -> Reservation | Blocked:
+    def local_reserve(self, plan: DeploymentPlan, tokens: int, dry: bool, counters_only: bool,
+                      ask: Ask | None = None) -> Reservation | Blocked:
         if self.mode == FAIL_CLOSED:
             raise self.closed_error()
         with self._lock:
-            shared = self._touch(plan, plan.counters)
-            outcome = self.local.reserve(shared, tokens, dry, counters_only)
+            counters = plan.counters if ask is None else ask.counters
+            shared = self._touch(plan, counters)
+            if ask is None or not (ask.extra or ask.ceilings):
+                outcome = self.local.reserve(shared, tokens, dry, counters_only)
+                shared_counters = shared.counters
+            else:  # the Ask on the share: its extra counters cut to the share, its ceilings in proportion
+                shared_ask = Ask(shared, tokens, ceilings={
+                    k: v * self.share_counter(c).limit.capacity / c.limit.capacity
+                    for c in counters for k, v in ask.ceilings.items() if k == c.key},
+                    extra=tuple(self.share_counter(c) for c in ask.extra))
+                mode = _codec.COUNTERS_ONLY if counters_only else (_codec.DRY if dry else _codec.RESERVE)
+                keys = _codec.candidate_keys(self.local.keys, shared_ask)
+                reply = self.local._run_reserve(keys, [1, self.local.margin_ms,
+                                                       *_codec.candidate_args(shared_ask, mode)])
+                outcome = _codec.parse_one(shared_ask, reply)
+                shared_counters = shared_ask.counters
             if isinstance(outcome, Reservation):
                 if not dry:
                     self.local_grants += 1
-                    for c in shared.counters:
+                    for c in shared_counters:
                         if c.limit.kind == "fixed":
                             tally = (self.local.keys.counter(shared, c), outcome.now_ms // c.limit.window_ms)
                             units = 1 if c.limit.unit == "requests" else outcome.tokens
@@ -385,10 +409,23 @@ class StoreGuard:
                     self._owned[ident] = self._owned.get(ident, 0) + 1
                     while len(self._owned) > _MAX_TRACKED:
                         self._owned.popitem(last=False)
-                return Reservation(plan, outcome.tokens, outcome.now_ms, outcome.states)
+                return Reservation(plan, outcome.tokens, outcome.now_ms, outcome.states,
+                                   extra=ask.extra if ask is not None else ())
             if not dry:
                 self.local_refusals += 1
-            return Blocked(plan, outcome.counter, outcome.until_ms, outcome.why, outcome.now_ms)
+            return Blocked(plan, outcome.counter, outcome.until_ms, outcome.why, outcome.now_ms, outcome.ceiling)
+
+    def local_reserve_first(self, asks: list[Ask]) -> Reservation | list[Blocked]:
+        """``reserve_first`` on this worker's share (fail_open), candidate by candidate."""
+        blocked: list[Blocked] = []
+        for ask in asks:
+            outcome = self.local_reserve(ask.plan, ask.tokens, ask.peek, False, ask)
+            if isinstance(outcome, Reservation):
+                if ask.peek:
+                    continue
+                return outcome
+            blocked.append(outcome)
+        return blocked
 
     def owns(self, reservation: Reservation) -> bool:
         """Whether this reservation's cost is in the local limiter and not yet replayed (then it settles here)."""
@@ -412,12 +449,11 @@ class StoreGuard:
         if self.mode == FAIL_CLOSED and only_increases:
             raise self.closed_error()
         with self._lock:
-            shared = self._touch(plan, [op[0] for op in ops])
-            by_key = {c.key: c for c in shared.counters}
-            local_ops = [(by_key[c.key], op, value, window) for c, op, value, window in ops
+            self._touch(plan, [op[0] for op in ops])
+            local_ops = [(self.share_counter(c), op, value, window) for c, op, value, window in ops
                          if not (only_increases and op == "+" and value <= 0)]
             if local_ops:
-                self.local.run("adjust", [self.local.keys.counter(shared, o[0]) for o in local_ops],
+                self.local.run("adjust", [self.local.keys.counter(plan, o[0]) for o in local_ops],
                                _codec.adjust_args(local_ops))
 
     def local_calibrate(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
@@ -659,6 +695,14 @@ class ResilientQuotaStore(QuotaStore):
             lambda: self.guard.local_reserve(plan, tokens, dry, counters_only),
         )
 
+    async def reserve_first(self, asks: Iterable[Ask]) -> Reservation | list[Blocked]:
+        asks = list(asks)
+        if not asks:
+            return []
+        return await self._guarded(
+            "reserve", lambda: QuotaStore.reserve_first(self, asks), lambda: self.guard.local_reserve_first(asks),
+        )
+
     async def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
         seen = list(seen)
         if not seen:
@@ -678,6 +722,40 @@ class ResilientQuotaStore(QuotaStore):
         ops = _codec.settle_ops(reservation, actual_tokens, seen)  # one round trip for both
         if ops:
             await self._guarded("adjust counters", lambda: QuotaStore._adjust(self, plan, ops), locally)
+
+    def settle_later(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
+        """``settle`` off the request's path (batch.py); while Redis is unreachable the flush applies it where
+        ``settle`` would have (the local limiter, replayed later)."""
+        seen = list(seen)
+        plan, settle_only = reservation.plan, _codec.settle_ops(reservation, actual_tokens)
+        if self.guard.owns(reservation):  # made locally during an outage: its cost is here, settle it here
+            if settle_only:
+                self.guard.local_adjust(plan, settle_only)
+            if seen:
+                self.guard.local_calibrate(plan, seen)
+            return
+
+        def locally() -> None:
+            if settle_only:
+                self.guard.local_adjust(plan, settle_only, only_increases=True)
+            if seen:
+                self.guard.local_calibrate(plan, seen)
+
+        self._defer(plan, settle_only + _codec.calibrate_ops(plan, seen) if seen else settle_only, locally)
+
+    def calibrate_later(self, plan: DeploymentPlan, facts: Iterable[Remaining]) -> None:
+        facts = list(facts)
+        self._defer(plan, _codec.calibrate_ops(plan, facts), lambda: self.guard.local_calibrate(plan, facts))
+
+    async def _send_group(self, group: list) -> None:
+        """A flush under the fault policy: fail_open applies what Redis cannot take to the local limiter (it is
+        replayed when Redis answers again); fail_closed raises, and the flush keeps them queued."""
+        def locally() -> None:
+            for item in group:
+                if item.locally is not None:
+                    item.locally()
+
+        await self._guarded("adjust counters", lambda: QuotaStore._send_group(self, group), locally)
 
     async def refund(self, reservation: Reservation, requests: bool = False) -> None:
         await self._adjust_for(reservation, _codec.refund_ops(reservation, requests))
@@ -769,6 +847,14 @@ class ResilientSyncQuotaStore(SyncQuotaStore):
         return self._guarded(
             "reserve", lambda: SyncQuotaStore.reserve(self, plan, tokens, dry, counters_only),
             lambda: self.guard.local_reserve(plan, tokens, dry, counters_only),
+        )
+
+    def reserve_first(self, asks: Iterable[Ask]) -> Reservation | list[Blocked]:
+        asks = list(asks)
+        if not asks:
+            return []
+        return self._guarded(
+            "reserve", lambda: SyncQuotaStore.reserve_first(self, asks), lambda: self.guard.local_reserve_first(asks),
         )
 
     def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
