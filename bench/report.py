@@ -91,10 +91,18 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         if run:
             out.append(("proxy refusals/s >= 2x its served requests/s (router_plugin proxy, same run)",
                         f"{run['flood']['per_s']:,.0f} refusals/s vs {run['serve']['per_s']:,.0f} served/s = "
-                        f"{run['ratio']:.2f}x; proxy CPU per refusal {run['flood']['cpu_us_per_request']:,.0f} µs vs "
-                        f"{run['serve']['cpu_us_per_request']:,.0f} µs per served request",
-                        run["ratio"] is not None and run["ratio"] >= 2.0))
+                        f"{run['ratio']:.2f}x (best phases); by the proxy's CPU per request, which the load of other "
+                        f"processes moves less: {run['serve']['cpu_us_per_request']:,.0f} µs per served request vs "
+                        f"{run['flood']['cpu_us_per_request']:,.0f} µs per refusal = {_cpu_ratio(run):.2f}x",
+                        run["ratio"] is not None and run["ratio"] >= 2.0 and _cpu_ratio(run) >= 2.0))
     return out
+
+
+def _cpu_ratio(run: dict) -> float:
+    """Served CPU / refusal CPU: how many refusals a core answers per served request (the rate ratio when the proxy
+    is CPU-bound, without the phases' different shares of a shared machine)."""
+    refusal = run["flood"]["cpu_us_per_request"]
+    return run["serve"]["cpu_us_per_request"] / refusal if refusal else float("nan")
 
 
 def _blocks(entry: dict) -> str:
@@ -414,13 +422,14 @@ def _flood_md(fl: dict, add) -> None:
         "request). Nothing in a refusal is sent upstream.")
     add("")
     add("| setup | served requests/s | proxy CPU per served request (µs) | refusals/s | proxy CPU per refusal (µs) "
-        "| refusals/s ÷ served/s | upstream calls during the flood phases |")
-    add("|---|---:|---:|---:|---:|---:|---:|")
+        "| refusals/s ÷ served/s | CPU per served ÷ CPU per refusal | upstream calls during the flood phases |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|")
     for run in fl["runs"]:
         sv, fd = run["serve"], run["flood"]
         add(f"| {LABELS.get(run['setup'], run['setup'])} | {sv['per_s']:,.0f} ({sv['ok']}/{sv['n']}) | "
             f"{sv['cpu_us_per_request']:,.0f} | {fd['per_s']:,.0f} ({fd['ok']}/{fd['n']}) | "
-            f"{fd['cpu_us_per_request']:,.0f} | **{run['ratio']:.2f}x** | {fd['upstream_sent']} |")
+            f"{fd['cpu_us_per_request']:,.0f} | **{run['ratio']:.2f}x** | {_cpu_ratio(run):.2f}x | "
+            f"{fd['upstream_sent']} |")
     add("")
     for run in fl["runs"]:
         sample = run["flood"].get("sample") or {}
