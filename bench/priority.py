@@ -1,4 +1,4 @@
-"""Part 4 -- a day in the life with priorities (issue 17): 20% interactive (priority 0), 80% background (priority 1)
+"""Part 6 -- a day in the life with priorities (issue 17): 20% interactive (priority 0), 80% background (priority 1)
 traffic on the free pools, on a day whose quota is scarce (the day's requests are 1.25x what the pools hold).
 
 Same machinery as part 2 (``bench/day.py``: one simulated day compressed into ``day_seconds``, per-minute limits
@@ -134,7 +134,7 @@ def run(bench, mode: dict) -> dict[str, Any]:
 
 
 def markdown(part: dict, add) -> None:
-    add("## 4. A day in the life with priorities (issue 17)")
+    add("## 6. A day in the life with priorities (issue 17)")
     add("")
     run = part.get("separate_run")
     if run:  # spliced into a results.md written by an earlier full run
@@ -172,7 +172,7 @@ def target(part: dict) -> tuple[str, str, bool] | None:
     if row is None:
         return None
     pct = row["by_priority"]["interactive"]["served_pct"]
-    return ("4. interactive served with priorities >= 99%", f"{pct:.1f}%", pct >= 99.0)
+    return ("6. interactive served with priorities >= 99%", f"{pct:.1f}%", pct >= 99.0)
 
 
 def plot(part: dict, ax_curve, ax_bars) -> None:
@@ -184,7 +184,7 @@ def plot(part: dict, ax_curve, ax_bars) -> None:
                       label=f"{part['labels'][r['setup']]}: interactive")
         ax_curve.plot(hours, bp["background"]["cum_served"], "--", color=colors.get(r["setup"], "k"),
                       label=f"{part['labels'][r['setup']]}: background")
-    ax_curve.set_title(f"4. Served over the scarce day ({part['requests']} requests, day of {part['day_capacity']}; "
+    ax_curve.set_title(f"6. Served over the scarce day ({part['requests']} requests, day of {part['day_capacity']}; "
                        "cumulative)", fontsize=9)
     ax_curve.set_xlabel("simulated hour")
     ax_curve.set_xticks(range(0, 25, 3))
@@ -199,5 +199,5 @@ def plot(part: dict, ax_curve, ax_bars) -> None:
     ax_bars.set_xticks(list(xs))
     ax_bars.set_xticklabels([part["labels"][s].split(" ", 1)[1].replace(", ", "\n") for s in names], fontsize=7)
     ax_bars.set_ylabel("% served")
-    ax_bars.set_title("4. Served fraction per priority", fontsize=9)
+    ax_bars.set_title("6. Served fraction per priority", fontsize=9)
     ax_bars.legend(fontsize=7)

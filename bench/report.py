@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+import json
 from pathlib import Path
 
 from . import configs
@@ -78,7 +79,40 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                     f"{seq:,.0f}/s ({st['sequential']['us_per_op']:.0f} µs per round trip"
                     + ("" if seq >= 5000 else ", under 5,000 in this run") + ")",
                     st["concurrent_async"]["per_s"] >= 5000))
+    pr = results.get("perrequest")
+    if pr:
+        from .perrequest import NAMES, TARGET_CPU, TARGET_LATENCY
+
+        for p, row in pr["paths"].items():
+            lat, cpu = row["latency"], row["cpu"]
+            out.append((f"added caller latency <= {100 * TARGET_LATENCY:.0f}% and added CPU <= "
+                        f"{100 * TARGET_CPU:.0f}% of stock simple-shuffle's ({NAMES.get(p, p)} path)",
+                        f"latency {lat['added_us']:+,.0f} µs = {100 * lat['ratio']:+.1f}% of {lat['stock_p50_us']:,.0f} "
+                        f"µs (blocks: {_blocks(lat)}); CPU {cpu['added_us']:+,.0f} µs = {100 * cpu['ratio']:+.1f}% of "
+                        f"{cpu['stock_p50_us']:,.0f} µs (blocks: {_blocks(cpu)})",
+                        lat["ratio"] <= TARGET_LATENCY and cpu["ratio"] <= TARGET_CPU))
+    fl = results.get("flood")
+    if fl:
+        run = next((r for r in fl["runs"] if r["setup"] == "plugin"), None)
+        if run:
+            out.append(("proxy refusals/s >= 2x its served requests/s (router_plugin proxy, same run)",
+                        f"{run['flood']['per_s']:,.0f} refusals/s vs {run['serve']['per_s']:,.0f} served/s = "
+                        f"{run['ratio']:.2f}x (best phases); by the proxy's CPU per request, which the load of other "
+                        f"processes moves less: {run['serve']['cpu_us_per_request']:,.0f} µs per served request vs "
+                        f"{run['flood']['cpu_us_per_request']:,.0f} µs per refusal = {_cpu_ratio(run):.2f}x",
+                        run["ratio"] is not None and run["ratio"] >= 2.0 and _cpu_ratio(run) >= 2.0))
     return out
+
+
+def _cpu_ratio(run: dict) -> float:
+    """Served CPU / refusal CPU: how many refusals a core answers per served request (the rate ratio when the proxy
+    is CPU-bound, without the phases' different shares of a shared machine)."""
+    refusal = run["flood"]["cpu_us_per_request"]
+    return run["serve"]["cpu_us_per_request"] / refusal if refusal else float("nan")
+
+
+def _blocks(entry: dict) -> str:
+    return ", ".join(f"{100 * r:+.1f}%" for r in entry.get("blocks") or []) or "–"
 
 
 def _own_overhead(ov: dict, provider: str, setup: str) -> float:
@@ -103,6 +137,13 @@ def write_markdown(results: dict, path: Path) -> None:
         f"and {m.get('load_at_end', '?')} at the end (1/5/15 min; other engineers' work shared the machine); Python {m['python']}, litellm {m['litellm']}, redis-py {m['redis_py']}, "
         f"redis-server {m['redis_server']} (`{m['redis_binary']}`), matplotlib {m['matplotlib']}; {m['platform']}.")
     add("")
+    carried = results.get("carried") or {}
+    if carried:
+        add("Parts run this time: " + ", ".join(f"`{p}`" for p in results.get("parts", [])) + ". Carried over from "
+            "earlier runs (not rerun; their numbers are from that run, machine and code): "
+            + "; ".join(f"`{p}` from {c['date']} (`{c['command']}`, commit `{c['commit']}`)"
+                        for p, c in carried.items()) + ".")
+        add("")
     dirty = m.get("git_dirty")
     add(f"Code measured: commit `{m.get('git_commit', '?')}`"
         + (f" plus uncommitted changes in the shared checkout to: {dirty}." if dirty else " (clean checkout)."))
@@ -130,6 +171,10 @@ def write_markdown(results: dict, path: Path) -> None:
         _day_md(results["day"], add)
     if "overhead" in results:
         _overhead_md(results["overhead"], add)
+    if "perrequest" in results:
+        _perrequest_md(results["perrequest"], add)
+    if "flood" in results:
+        _flood_md(results["flood"], add)
     if "priority" in results:
         from .priority import markdown
 
@@ -341,6 +386,69 @@ COLORS = {"plugin": "#1b7837", "stock": "#c51b7d", "stock_enforce": "#e08214"}
 STYLES = {1: ":", 4: "--", 8: "-", 2: "-."}
 
 
+def _perrequest_md(pr: dict, add) -> None:
+    from .perrequest import NAMES, PROVIDERS, TARGET_CPU, TARGET_LATENCY
+
+    add("## 4. What the plugin adds to one request (stock simple-shuffle vs router_plugin)")
+    add("")
+    add(f"One worker process; zero-latency upstream (the simulator answers at once), every limit out of reach; for "
+        f"each path the group has one deployment ({', '.join(f'`{m}`' for m in PROVIDERS.values())}), so both "
+        f"routers send every request to the same place. Stock simple-shuffle (LiteLLM's default, no Redis) and "
+        f"router_plugin live in the same process and their {pr['n']:,} requests each are interleaved one by one in "
+        "a fresh random order (samples pair up by index). **Caller latency** = wall time of `router.acompletion`; "
+        "**CPU** = the process's CPU time (every thread: background logging and the plugin's settle included) from "
+        "the call until the background work LiteLLM scheduled for it has finished. **Added** = median over i of "
+        "plugin(i) − stock(i), and as a share of stock's p50; the run is split into "
+        f"{pr['blocks']} blocks and each block's share is listed, to show how stable it is. Targets: added caller "
+        f"latency <= {100 * TARGET_LATENCY:.0f}% and added CPU <= {100 * TARGET_CPU:.0f}% of stock's, both paths.")
+    add("")
+    add("| path | stock caller latency / CPU per request p50 (µs) | router_plugin caller latency / CPU p50 (µs) "
+        "| plugin added: caller latency | plugin added: CPU (background included) |")
+    add("|---|---:|---:|---:|---:|")
+    for p, row in pr["paths"].items():
+        lat, cpu = row["latency"], row["cpu"]
+        add(f"| {NAMES.get(p, p)} | {lat['stock_p50_us']:,.0f} / {cpu['stock_p50_us']:,.0f} | "
+            f"{lat['plugin_p50_us']:,.0f} / {cpu['plugin_p50_us']:,.0f} | "
+            f"{lat['added_us']:+,.0f} µs ({100 * lat['ratio']:+.1f}%; blocks {_blocks(lat)}) | "
+            f"{cpu['added_us']:+,.0f} µs ({100 * cpu['ratio']:+.1f}%; blocks {_blocks(cpu)}) |")
+    add("")
+
+
+def _flood_md(fl: dict, add) -> None:
+    from .flood import FLOOD_MODEL, LABELS, SERVE_MODEL
+
+    add("## 5. A refusal flood through the real LiteLLM proxy")
+    add("")
+    add(f"`litellm --config ... --num_workers {fl['workers']}` (the real proxy, one per setup, one after the other in "
+        f"this run) against the simulator (answers at once) and the run's redis-server. Group `serve` = "
+        f"`{SERVE_MODEL}` with its limits out of reach (every request served); group `flood` = `{FLOOD_MODEL}` whose "
+        "pool is out of quota (router_plugin: the OpenRouter account's day is spent first; stock: `rpm: 1` with "
+        "`enforce_model_rate_limits` and `num_retries: 0` (else LiteLLM retries its own refusal with backoff "
+        "sleeps), LiteLLM's own local refusal, spent first). One client process sends "
+        f"{fl['n']:,} chat completions per phase, {fl['concurrency']} in flight (raw HTTP, no client retries); the "
+        f"phases alternate serve, flood ({fl['repeats']} of each) and each rate is its phase's best. **Proxy CPU** = "
+        "user + system time of the proxy's processes over the phase, per request. Target: router_plugin's proxy "
+        "answers refusals at >= 2x the rate it serves requests (a refusal costs a small fraction of a served "
+        "request). Nothing in a refusal is sent upstream.")
+    add("")
+    add("| setup | served requests/s | proxy CPU per served request (µs) | refusals/s | proxy CPU per refusal (µs) "
+        "| refusals/s ÷ served/s | CPU per served ÷ CPU per refusal | upstream calls during the flood phases |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for run in fl["runs"]:
+        sv, fd = run["serve"], run["flood"]
+        add(f"| {LABELS.get(run['setup'], run['setup'])} | {sv['per_s']:,.0f} ({sv['ok']}/{sv['n']}) | "
+            f"{sv['cpu_us_per_request']:,.0f} | {fd['per_s']:,.0f} ({fd['ok']}/{fd['n']}) | "
+            f"{fd['cpu_us_per_request']:,.0f} | **{run['ratio']:.2f}x** | {_cpu_ratio(run):.2f}x | "
+            f"{fd['upstream_sent']} |")
+    add("")
+    for run in fl["runs"]:
+        sample = run["flood"].get("sample") or {}
+        if sample:
+            add(f"A refusal from the {LABELS.get(run['setup'], run['setup'])}: headers "
+                f"`{json.dumps(sample.get('headers', {}))}`, body `{str(sample.get('body', ''))[:220]}…`")
+            add("")
+
+
 def write_plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -348,12 +456,12 @@ def write_plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with_priority = "priority" in results
-    fig, axes = plt.subplots(3 if with_priority else 2, 2, figsize=(13, 13.5 if with_priority else 9))
-    (a1, a2), (a3, a4) = axes[:2]
+    fig, axes = plt.subplots(4 if with_priority else 3, 2, figsize=(13, 17.5 if with_priority else 13))
+    (a1, a2), (a3, a4), (a5, a6) = axes[:3]
     if with_priority:
         from .priority import plot
 
-        plot(results["priority"], *axes[2])
+        plot(results["priority"], *axes[3])
     rows = results.get("quota", [])
     for setup in ORDER:
         for w in sorted({r["workers"] for r in rows}):
@@ -408,6 +516,39 @@ def write_plot(results: dict, path: Path) -> None:
         a4.set_ylabel("µs per request")
         a4.set_title("3. Per-request cost, zero-latency upstream")
         a4.legend(fontsize=7)
+    pr = results.get("perrequest")
+    if pr:
+        from .perrequest import NAMES
+
+        paths = list(pr["paths"])
+        for j, key in enumerate(("latency", "cpu")):
+            xs = [i + (j - 0.5) * 0.4 for i in range(len(paths))]
+            a5.bar(xs, [100 * (pr["paths"][p][key]["ratio"] or 0) for p in paths], width=0.38,
+                   color=["#2166ac", "#762a83"][j], label=f"added {'caller latency' if key == 'latency' else 'CPU'}")
+        a5.axhline(5, color="#2166ac", lw=0.8, ls="--")
+        a5.axhline(10, color="#762a83", lw=0.8, ls="--")
+        a5.set_xticks(range(len(paths)))
+        a5.set_xticklabels([NAMES.get(p, p).replace("`", "") for p in paths])
+        a5.set_ylabel("% of stock simple-shuffle's p50")
+        a5.set_title("4. What the plugin adds per request (targets: 5% / 10%)")
+        a5.legend(fontsize=7)
+    else:
+        a5.axis("off")
+    fl = results.get("flood")
+    if fl:
+        runs = fl["runs"]
+        xs = range(len(runs))
+        a6.bar([x - 0.2 for x in xs], [r["serve"]["per_s"] for r in runs], width=0.38, color="#4393c3",
+               label="served requests/s")
+        a6.bar([x + 0.2 for x in xs], [r["flood"]["per_s"] for r in runs], width=0.38, color="#d73027",
+               label="refusals/s")
+        a6.set_xticks(list(xs))
+        a6.set_xticklabels([f"{r['setup']}\n{r['ratio']:.2f}x" for r in runs])
+        a6.set_ylabel("per second")
+        a6.set_title(f"5. Refusal flood through the proxy ({fl['workers']} workers, {fl['concurrency']} in flight)")
+        a6.legend(fontsize=7)
+    else:
+        a6.axis("off")
     fig.suptitle(f"router_plugin vs stock LiteLLM {results['machine']['litellm']} — {results['machine']['date']}, "
                  f"nproc={results['machine']['nproc_cmd']}", fontsize=11)
     fig.tight_layout()

@@ -5,7 +5,9 @@ Starts a redis-server on a free loopback port and the provider simulator, runs
     1. quota efficiency  (bench/quota.py)
     2. a day in the life (bench/day.py)
     3. routing overhead + quota-store throughput (bench/overhead.py)
-    4. a day in the life with priorities: 20% interactive, 80% background, a scarce day (bench/priority.py)
+    4. per-request overhead: stock simple-shuffle vs the plugin, caller latency and CPU (bench/perrequest.py)
+    5. a refusal flood through the real LiteLLM proxy: refusals/s next to served requests/s (bench/flood.py)
+    6. a day in the life with priorities: 20% interactive, 80% background, a scarce day (bench/priority.py)
 
 through (a) router_plugin, (b) stock usage-based-routing-v2 and (c) stock + enforce_model_rate_limits, and writes
 bench/results.md, bench/results.png and bench/results.json. Every number in them comes from this one run.
@@ -43,15 +45,19 @@ from bench.pool import Pool  # noqa: E402
 from bench.servers import RedisServer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+PARTS = ("quota", "day", "overhead", "perrequest", "flood", "priority")
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {"workers": [1, 4, 8], "sizes": [50, 100, 200, 400], "day_seconds": 150.0, "day_workers": 4,
-             "day_requests": 1200, "overhead_n": 1500, "store_n": 20000, "priority_requests": 400},
+             "day_requests": 1200, "overhead_n": 1500, "store_n": 20000, "perrequest_n": 1500,
+             "flood_n": 1500, "flood_concurrency": 32, "flood_repeats": 2, "flood_workers": 2, "priority_requests": 400},
     "quick": {"workers": [1, 4, 8], "sizes": [50, 200], "day_seconds": 60.0, "day_workers": 4,
-              "day_requests": 1200, "overhead_n": 600, "store_n": 8000, "priority_requests": 400},
+              "day_requests": 1200, "overhead_n": 600, "store_n": 8000, "perrequest_n": 600,
+              "flood_n": 600, "flood_concurrency": 32, "flood_repeats": 1, "flood_workers": 2, "priority_requests": 400},
     # tiny: a smoke run for tests/test_bench.py -- well-formed output, numbers not meaningful (no minute alignment)
     "tiny": {"workers": [2], "sizes": [20], "day_seconds": 5.0, "day_workers": 2, "day_requests": 60,
-             "overhead_n": 30, "store_n": 1000, "align_minute": False, "priority_requests": 40},
+             "overhead_n": 30, "store_n": 1000, "align_minute": False, "perrequest_n": 30,
+             "flood_n": 40, "flood_concurrency": 8, "flood_repeats": 1, "flood_workers": 1, "priority_requests": 40},
 }
 
 
@@ -128,13 +134,33 @@ def git_facts() -> dict[str, str]:
             "git_dirty": ", ".join(changed[:40]) + (" ..." if len(changed) > 40 else "")}
 
 
+def carry_earlier_parts(results: dict[str, Any], previous: Path) -> None:
+    """``--parts`` ran a subset: keep the other parts of the results.json being replaced, each marked with the run
+    it came from (results.md says so), so one section can be rerun without losing the others."""
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    carried = dict(old.get("carried") or {})
+    for part in PARTS:
+        if part in results["parts"] or part not in old:
+            continue
+        results[part] = old[part]
+        m = old.get("machine") or {}
+        carried[part] = carried.get(part) or {"date": m.get("date", "?"), "commit": m.get("git_commit", "?"),
+                                              "command": old.get("command", "?"), "mode": old.get("mode", "?")}
+    for part in results["parts"]:
+        carried.pop(part, None)
+    if carried:
+        results["carried"] = carried
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="fewer sizes, shorter day, fewer samples (~7 min)")
     mode.add_argument("--tiny", action="store_true", help="smoke run for tests (< 1 min)")
-    p.add_argument("--parts", default="quota,day,overhead,priority",
-                   help="comma-separated subset of quota,day,overhead,priority")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
     p.add_argument("--out", default=str(HERE), help="directory for results.md/.png/.json (default: bench/)")
     p.add_argument("--no-plot", action="store_true", help="skip results.png (matplotlib not needed)")
     return p.parse_args(argv)
@@ -147,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-    unknown = set(parts) - {"quota", "day", "overhead", "priority"}
+    unknown = set(parts) - set(PARTS)
     if unknown:
         print(f"unknown part(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -190,15 +216,26 @@ def main(argv: list[str] | None = None) -> int:
 
                 log("part 3: routing overhead and store throughput")
                 results["overhead"] = overhead.run(bench, mode)
+            if "perrequest" in parts:
+                from bench import perrequest
+
+                log("part 4: per-request overhead, stock simple-shuffle vs router_plugin")
+                results["perrequest"] = perrequest.run(bench, mode)
+            if "flood" in parts:
+                from bench import flood
+
+                log("part 5: a refusal flood through the real LiteLLM proxy")
+                results["flood"] = flood.run(bench, mode)
             if "priority" in parts:
                 from bench import priority
 
-                log("part 4: a day in the life with priorities")
+                log("part 6: a day in the life with priorities")
                 results["priority"] = priority.run(bench, mode)
         finally:
             pool.close()
             sim.stop()
     results["elapsed_s"] = time.time() - started
+    carry_earlier_parts(results, out / "results.json")
     try:
         results["machine"]["load_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:

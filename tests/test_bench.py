@@ -24,7 +24,7 @@ def test_tiny_bench_writes_well_formed_results(tmp_path):
     plot = importlib.util.find_spec("matplotlib") is not None
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)] + ([] if plot else ["--no-plot"])
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())
@@ -56,7 +56,7 @@ def test_tiny_bench_writes_well_formed_results(tmp_path):
     for mode in ("sequential", "pipelined", "concurrent_async"):
         assert overhead["store"][mode]["ok"] == overhead["store"][mode]["n"] == 1000
 
-    prio = results["priority"]  # part 4: a day with 20% interactive / 80% background on a scarce day (issue 17)
+    prio = results["priority"]  # part 6: a day with 20% interactive / 80% background on a scarce day (issue 17)
     assert [r["setup"] for r in prio["runs"]] == ["plugin_priority", "plugin", "stock"]
     assert prio["interactive"] + prio["background"] == prio["requests"] == 40
     assert prio["day_capacity"] < prio["requests"]  # the day is scarce
@@ -67,10 +67,29 @@ def test_tiny_bench_writes_well_formed_results(tmp_path):
         assert len(bp["interactive"]["cum_served"]) == 25
         assert run["errors"] == 0, run["error_samples"]
 
+    perrequest = results["perrequest"]
+    assert set(perrequest["paths"]) == {"openrouter", "groq"}
+    for row in perrequest["paths"].values():
+        for key in ("latency", "cpu"):
+            assert row[key]["stock_p50_us"] > 0 and row[key]["plugin_p50_us"] > 0
+            assert row[key]["ratio"] is not None
+
+    flood = results["flood"]
+    assert [r["setup"] for r in flood["runs"]] == ["plugin", "stock"]
+    for run in flood["runs"]:
+        assert run["serve"]["ok"] == flood["n"], run["serve"]["statuses"]  # every request of the serve phase served
+        assert run["serve"]["per_s"] > 0
+    plugin = flood["runs"][0]
+    assert plugin["flood"]["ok"] == flood["n"], plugin["flood"]["statuses"]  # every flood request refused...
+    assert plugin["flood"]["upstream_sent"] == 0  # ...without sending anything upstream
+    assert plugin["flood"]["sample"]["headers"]["x-should-retry"] == "false"
+    assert plugin["ratio"] is not None
+
     md = (tmp_path / "results.md").read_text()
     assert "| (a) router_plugin, priority reserve 0.2 |" in md
     for heading in ("## Targets", "## 1. Quota efficiency", "## 2. A day in the life", "## 3. Routing overhead",
-                    "## 4. A day in the life with priorities"):
+                    "## 4. What the plugin adds to one request", "## 5. A refusal flood through the real LiteLLM proxy",
+                    "proxy refusals/s >= 2x", "## 6. A day in the life with priorities"):
         assert heading in md
     assert "python -m bench --tiny" in md
     if plot:

@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..priority import PRIORITY_HEADER, PRIORITY_KEY, PRIORITY_SOURCE_KEY
 from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from . import router_api
+from .timeouts import FAILED_KEY
 
 log = logging.getLogger("router_plugin")
 
@@ -137,6 +138,7 @@ class ProxyHandler(CustomLogger):
         # every request's list: it forwards the log events itself, and the plugin registers none of its own.
         installed = install(router, self.settings(), deliver_events=False)  # also re-installs a reset strategy
         _book_every_attempt(router, installed)
+        _take_early_picks(router, installed)
         guard_health_checks()
         if installed is not self._installed:
             log.info("router_plugin: installed into the proxy's router in worker pid %d (%d deployments)",
@@ -189,12 +191,14 @@ class ProxyHandler(CustomLogger):
             if not isinstance(meta, dict):
                 meta = data.setdefault("metadata", {})
             meta.setdefault(_RAW_MODEL_NAME_KEY, True)
+        await decide_early(self._installed, data, call_type)  # a refusal raises here, before the Router
         return data
 
     async def async_post_call_failure_hook(self, request_data, original_exception, user_api_key_dict,
                                            traceback_str=None):
         """A 429 must carry ``Retry-After``: the plugin's refusal has it; for an upstream 429 forward the
         provider's ``retry-after`` (or its ``X-RateLimit-Reset``); else ask the store when the chain frees up."""
+        await release_early(self._installed, request_data, original_exception)
         try:
             status = getattr(original_exception, "status_code", None)
             if isinstance(original_exception, (QuotaExhaustedError, ChainFailedError)) \
@@ -360,6 +364,165 @@ async def _book_failed_attempt(installed: Any, kwargs: Mapping[str, Any], exc: B
         await installed.callbacks.async_log_failure_event(event, None, None, None)
     except Exception as err:  # bookkeeping never changes what the caller gets
         log.warning("router_plugin: could not book a failed attempt: %s", err)
+
+
+# ---- the routing decision in the pre-call hook (issue 18 item 3) ------------------------------------------------
+#
+# A refusal used to be decided inside the Router: the proxy built the request, the Router ran its fallback and retry
+# wrappers around the strategy, formatted a traceback for its failure alert and appended its fallback note, and only
+# then did the proxy turn the exception into a 429. Under a retry storm of over-quota traffic that was most of what
+# the proxy did. Now the proxy handler's pre-call hook runs the strategy's walk itself (the same walk, the same
+# atomic reservation, the same store): a refusal is raised from the hook with the exception the Router would have
+# raised, message included, and never enters the Router; a request that got a deployment carries the decision in its
+# metadata (``EARLY_KEY``) and the Router's first pick returns that deployment without a second walk, so a served
+# request still costs one routing decision. Whenever the Router would do more than pick (fallbacks configured, a
+# group name it resolves itself, another call type), the hook leaves the request to it, unchanged.
+#
+# A request that got its pick but failed before the Router took it (a later hook, a guardrail) gets its reservation
+# back in the failure hook (``release_early``), as an attempt that was never sent.
+
+EARLY_KEY = "_router_plugin_early_pick"  # request metadata: the pre-call hook's chosen deployment, for the Router
+_EARLY_MARK = "_router_plugin_takes_early_pick"
+_EARLY_CALL_TYPES = frozenset({"completion", "acompletion"})
+_FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")  # per-request keys
+
+
+def _take_early_picks(router: Any, installed: Any) -> None:
+    """The Router's async pick returns the pre-call hook's decision (once, for its own group) before walking.
+
+    The wrapper is bound to the strategy itself, so the installer still sees its strategy installed."""
+    import types
+
+    current = router.__dict__.get("async_get_available_deployment")
+    strategy = installed.strategy
+    if getattr(current, "__self__", None) is not strategy:
+        return  # not the 1.108 pick (or not ours yet): no early decisions, the hook leaves requests to the Router
+    if getattr(getattr(current, "__func__", None), _EARLY_MARK, False):
+        return
+    inner = current
+
+    async def async_get_available_deployment(self, model, messages=None, input=None, specific_deployment=False,
+                                             request_kwargs=None):
+        picked = _early_pick(router, installed, model, request_kwargs)
+        if picked is not None:
+            return picked
+        return await inner(model, messages=messages, input=input, specific_deployment=specific_deployment,
+                           request_kwargs=request_kwargs)
+
+    setattr(async_get_available_deployment, _EARLY_MARK, True)
+    router.async_get_available_deployment = types.MethodType(async_get_available_deployment, strategy)
+
+
+def _early_pick(router: Any, installed: Any, model: str, request_kwargs: Any) -> dict | None:
+    """The hook's deployment, once, for the call it was decided for: its state goes back into the request's
+    metadata (the stream guard starts every call with a fresh record) as the walk would have written it."""
+    if not isinstance(request_kwargs, dict):
+        return None
+    for name in ("metadata", "litellm_metadata"):
+        meta = request_kwargs.get(name)
+        if not (isinstance(meta, dict) and EARLY_KEY in meta):
+            continue
+        early = meta.pop(EARLY_KEY)
+        if not isinstance(early, dict) or early.get("taken"):
+            return None
+        early["taken"] = True  # the dict is shared with any copy of the metadata (release_early reads it)
+        state = meta.get(METADATA_KEY)
+        fresh = not (isinstance(state, Mapping) and state.get("deployment_id")) or \
+            (state.get("deployment_id") == early.get("deployment_id") and state.get("attempts") == 1)
+        if not (fresh and early.get("group") == model and early.get("owner") == installed.strategy.owner
+                and not meta.get(FAILED_KEY)):
+            return None
+        for deployment in router.get_model_list(model_name=model) or []:
+            if str((deployment.get("model_info") or {}).get("id")) == early["deployment_id"]:
+                if not isinstance(state, dict):
+                    state = meta[METADATA_KEY] = {}
+                state.clear()
+                state.update(early["state"])
+                return deployment
+        return None
+    return None
+
+
+def _early_eligible(router: Any, data: Any, call_type: Any) -> bool:
+    if call_type not in _EARLY_CALL_TYPES or not isinstance(data, dict):
+        return False
+    model = data.get("model")
+    if not isinstance(model, str) or not isinstance(data.get("messages"), list):
+        return False
+    if any(data.get(k) for k in (*_FALLBACK_KEYS, "disable_fallbacks", "specific_deployment", "mock_response")):
+        return False
+    if model in (getattr(router, "model_group_alias", None) or {}):
+        return False  # the Router resolves the name itself
+    fallbacks = getattr(router, "fallbacks", None) or []
+    if any(isinstance(f, Mapping) and (model in f or "*" in f) for f in fallbacks):
+        return False  # the Router would try another group after a refusal: let it decide
+    if fallbacks and not all(isinstance(f, Mapping) for f in fallbacks):
+        return False
+    current = router.__dict__.get("async_get_available_deployment")
+    if not getattr(getattr(current, "__func__", None), _EARLY_MARK, False):
+        return False  # the Router's pick would not take the decision: deciding here would reserve twice
+    return bool(router.get_model_list(model_name=model))
+
+
+async def decide_early(installed: Any, data: Any, call_type: Any) -> None:
+    """Run the strategy's walk for ``data`` now: raise its refusal (with the Router's own message suffix), or leave
+    the chosen deployment for the Router's first pick. Does nothing when the Router must decide (see above)."""
+    if installed is None:
+        return
+    strategy = installed.strategy
+    router = strategy.router
+    if not _early_eligible(router, data, call_type):
+        return
+    model = data["model"]
+    try:
+        picked = await strategy.async_get_available_deployment(model, messages=data["messages"], request_kwargs=data)
+    except Exception as exc:
+        import litellm
+
+        if litellm.expose_router_debug_in_errors and hasattr(exc, "message"):
+            exc.message += _router_note(router, model)
+        raise
+    meta = _state_holder(data)
+    state = meta.get(METADATA_KEY) if meta is not None else None
+    if meta is not None and isinstance(state, Mapping) and state.get("deployment_id"):
+        meta[EARLY_KEY] = {"group": model, "deployment_id": str(state["deployment_id"]), "owner": strategy.owner,
+                           "state": dict(state)}
+    else:  # pragma: no cover - the walk always records its choice
+        log.warning("router_plugin: the pre-call decision for %s left no state; the Router decides again", model)
+        del picked
+
+
+def _router_note(router: Any, model: str) -> str:
+    """What the Router's fallback wrapper appends to the message of an error it gives up on, for a group without
+    a fallback (litellm/router.py ``async_function_with_fallbacks``)."""
+    from litellm.router_utils.common_utils import format_fallback_outcome_message, format_no_fallback_group_message
+
+    fallbacks = getattr(router, "fallbacks", None)
+    if fallbacks:
+        return format_no_fallback_group_message((model,), fallbacks)
+    return format_fallback_outcome_message(model, None, "")
+
+
+async def release_early(installed: Any, request_data: Any, exc: BaseException) -> None:
+    """The request failed before the Router took the pre-call hook's pick: give its reservation back."""
+    meta = _state_holder(request_data)
+    if installed is None or meta is None or EARLY_KEY not in meta:
+        return
+    early = meta.pop(EARLY_KEY, None)
+    if not isinstance(early, dict) or early.get("taken"):
+        return  # the Router took it: its attempt is booked like any other
+    early["taken"] = True
+    state = dict(early.get("state") or {})
+    await _book_failed_attempt(installed, {"metadata": {METADATA_KEY: state}}, exc)
+
+
+def _state_holder(data: Any) -> dict | None:
+    if not isinstance(data, dict):
+        return None
+    for name in ("metadata", "litellm_metadata"):
+        if isinstance(data.get(name), dict):
+            return data[name]
+    return None
 
 
 # ---- health checks -----------------------------------------------------------------------------------------------
