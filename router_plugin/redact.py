@@ -76,3 +76,19 @@ def scrub(text: Any) -> str:
 
 
 __all__ = ["KEY_SHAPES", "REDACTED", "remember", "scrub"]
+
+
+def scrub_exception(error: BaseException) -> None:
+    """Remove key-shaped text and the configured keys from what a caller will read of ``error`` (its message, args
+    and body), in place."""
+    try:
+        message = getattr(error, "message", None)
+        if isinstance(message, str):
+            error.message = scrub(message)
+        error.args = tuple(scrub(a) if isinstance(a, str) else a for a in error.args)
+        body = getattr(error, "body", None)
+        if isinstance(body, (dict, str)):
+            error.body = scrub(body) if isinstance(body, str) else {k: scrub(v) if isinstance(v, str) else v
+                                                                    for k, v in body.items()}
+    except Exception:  # an exception that refuses new attributes keeps its text
+        pass

@@ -28,7 +28,7 @@ from .. import providers
 from ..config import Timeouts
 from ..errors import RouterPluginError
 from ..providers.facts import Rejected
-from ..redact import scrub
+from ..redact import scrub, scrub_exception
 from .strategy import METADATA_KEY
 from .timeouts import FAILED_KEY, BudgetExceededError, _tried, remaining_s, request_metadata, transport_timeout
 
@@ -179,7 +179,7 @@ class AttemptHooks(CustomLogger):
         provider = getattr(original_exception, "llm_provider", None)
         if isinstance(providers.classify_exception(provider if isinstance(provider, str) else "", original_exception,
                                                    time.time()), Rejected):
-            _scrub_exception(original_exception)  # the provider's reason reaches the caller, minus any key it echoed
+            scrub_exception(original_exception)  # the provider's reason reaches the caller, minus any key it echoed
             entry["rejection"] = REJECTIONS.keep(original_exception)
         metadata[FAILED_KEY] = [*(metadata.get(FAILED_KEY) or ()), entry]
         return None
@@ -187,17 +187,3 @@ class AttemptHooks(CustomLogger):
 
 ATTEMPT_HOOKS = AttemptHooks()
 
-
-def _scrub_exception(error: BaseException) -> None:
-    """Remove key-shaped text and the configured keys (redact.py) from what the caller will read of ``error``."""
-    try:
-        message = getattr(error, "message", None)
-        if isinstance(message, str):
-            error.message = scrub(message)
-        error.args = tuple(scrub(a) if isinstance(a, str) else a for a in error.args)
-        body = getattr(error, "body", None)
-        if isinstance(body, (dict, str)):
-            error.body = scrub(body) if isinstance(body, str) else {k: scrub(v) if isinstance(v, str) else v
-                                                                    for k, v in body.items()}
-    except Exception:  # an exception that refuses new attributes keeps its text
-        pass

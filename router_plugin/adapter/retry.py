@@ -29,7 +29,7 @@ from typing import Any
 from .. import providers
 from ..errors import RouterPluginError
 from ..providers.facts import Rejected
-from ..redact import scrub
+from ..redact import scrub, scrub_exception
 from .strategy import ChainFailedError, QuotaExhaustedError, RequestRejectedError
 from .timeouts import BudgetExceededError
 
@@ -48,7 +48,7 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
             raise error  # the plugin's own refusal, a bad request, a spent budget or a store/config failure
         fact = providers.classify_exception(_provider_of(error), error, time.time())
         if isinstance(fact, Rejected):
-            _scrub_exception(error)  # the provider's reason reaches the caller, minus any key it echoed
+            scrub_exception(error)  # the provider's reason reaches the caller, minus any key it echoed
             raise error
         if len(all_deployments or []) > 1:
             return True
@@ -67,20 +67,6 @@ def install_retry_policy(router: Any, chain_length: int) -> None:
     router.num_retries = max(router.num_retries or 0, 2 * chain_length)
     setattr(router, _MARK, True)
 
-
-def _scrub_exception(error: Exception) -> None:
-    """Remove key-shaped text and the configured keys (redact.py) from what the caller will read of ``error``."""
-    try:
-        message = getattr(error, "message", None)
-        if isinstance(message, str):
-            error.message = scrub(message)
-        error.args = tuple(scrub(a) if isinstance(a, str) else a for a in error.args)
-        body = getattr(error, "body", None)
-        if isinstance(body, (dict, str)):
-            error.body = scrub(body) if isinstance(body, str) else {k: scrub(v) if isinstance(v, str) else v
-                                                                    for k, v in body.items()}
-    except Exception:  # an exception that refuses new attributes keeps its text
-        pass
 
 
 def _provider_of(error: Exception) -> str:
