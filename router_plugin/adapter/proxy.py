@@ -394,7 +394,7 @@ def _take_early_picks(router: Any, installed: Any) -> None:
     import types
 
     current = router.__dict__.get("async_get_available_deployment")
-    strategy = installed.strategy
+    strategy = getattr(installed, "guard", None) or installed.strategy  # what the installer registered (hooks.py)
     if getattr(current, "__self__", None) is not strategy:
         return  # not the 1.108 pick (or not ours yet): no early decisions, the hook leaves requests to the Router
     if getattr(getattr(current, "__func__", None), _EARLY_MARK, False):
@@ -470,12 +470,13 @@ async def decide_early(installed: Any, data: Any, call_type: Any) -> None:
     if installed is None:
         return
     strategy = installed.strategy
-    router = strategy.router
+    router = getattr(strategy.router, "real", strategy.router)  # the Router itself, not its RouterView
     if not _early_eligible(router, data, call_type):
         return
     model = data["model"]
     try:
-        picked = await strategy.async_get_available_deployment(model, messages=data["messages"], request_kwargs=data)
+        pick = (getattr(installed, "guard", None) or strategy).async_get_available_deployment  # as the Router's pick
+        picked = await pick(model, messages=data["messages"], request_kwargs=data)
     except Exception as exc:
         import litellm
 
