@@ -15,6 +15,7 @@ import fakeredis
 import pytest
 import redis
 
+from router_plugin.adapter.router_api import all_deployments
 from router_plugin.limits import Counter, DeploymentPlan, Limit
 from router_plugin.providers.facts import Remaining
 from router_plugin.store import Ask, KeySpace, QuotaStore, Reservation, StoreTarget
@@ -158,7 +159,7 @@ def test_a_worker_that_exits_right_after_a_call_loses_no_settle(sim, redis_url, 
     assert said["reserved"] - said["total"] > 100  # the estimate was far from the real usage
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, chain=(DEMO_CHAIN[2],),
                                                     calibration={"interval_s": 0}))
-    plan = installed(router).plans.plan(router.model_list[0])
+    plan = installed(router).plans.plan(all_deployments(router)[0])
     client = redis.Redis.from_url(redis_url)
     # settled to the real usage (the day bucket drains ~2.3 tokens/s between the reservation and the settle)
     assert said["total"] - 12 <= _used(client, plan, "tpd") <= said["total"]

@@ -13,6 +13,7 @@ import time
 import pytest
 import redis
 
+from router_plugin.adapter.router_api import all_deployments
 from router_plugin.store import QuotaStore, resolve_target
 from router_plugin.store.queue import LineFull, WaitQueue, line_keys, waiting_by_priority
 
@@ -310,7 +311,7 @@ def test_time_spent_waiting_is_not_the_deployments_silence(sim, redis_url):
         sim.base_url, redis_url=redis_url, chain=(MODEL,), max_wait_s=20, calibration={"interval_s": 0},
         timeouts={**FAST["timeouts"], "total_s": 30.0}))
     inst = installed(router)
-    plan = inst.plans.plan(router.model_list[0])
+    plan = inst.plans.plan(all_deployments(router)[0])
     day = next(c for c in plan.counters if c.limit.name == "rpd")
     sim.configure({"models": {MODEL.split("/", 1)[1]: {"latency_ms": 1500}}})
     client = redis.Redis.from_url(redis_url)

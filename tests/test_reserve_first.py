@@ -10,6 +10,7 @@ from unittest import mock
 import fakeredis
 import pytest
 
+from router_plugin.adapter.router_api import all_deployments
 from router_plugin.limits import Counter, DeploymentPlan, Limit
 from router_plugin.store import Ask, Blocked, Reservation, StoreTarget, SyncQuotaStore
 from router_plugin.store.local import LocalQuotaStore
@@ -245,7 +246,7 @@ def test_a_walk_past_three_full_deployments_costs_one_store_call(sim, redis_url,
 
     router = router_plugin.build_router(demo_config(sim.base_url, redis_url=redis_url, calibration={"interval_s": 0}))
     inst = installed(router)
-    plans = [inst.plans.plan(d) for d in router.model_list]
+    plans = [inst.plans.plan(d) for d in all_deployments(router)]
     assert [p.model for p in plans] == list(DEMO_CHAIN)
     until = int(time.time() * 1000) + 60_000
     for p in plans[:3]:  # the OpenRouter pool (both :free models) and the first Groq model: full
@@ -255,8 +256,9 @@ def test_a_walk_past_three_full_deployments_costs_one_store_call(sim, redis_url,
     client.config_resetstat()
     msg = [{"role": "user", "content": "hello"}]
     if path == "async":
-        chosen = asyncio.run(router.async_get_available_deployment(model=DEMO_GROUP, messages=msg,
-                                                                   request_kwargs={"metadata": {}}))
+        # the walk itself (the Router's own async pick is deprecated on 1.110: Router.select)
+        chosen = asyncio.run(inst.strategy.async_get_available_deployment(DEMO_GROUP, messages=msg,
+                                                                          request_kwargs={"metadata": {}}))
     else:
         chosen = router.get_available_deployment(model=DEMO_GROUP, messages=msg, request_kwargs={"metadata": {}})
     assert chosen["litellm_params"]["model"] == DEMO_CHAIN[3]
