@@ -140,19 +140,8 @@ async def measure(specs: dict[str, dict], raws: dict[str, dict], n: int, full_ch
         s["total"].append(total)
         s["background"].append(cost - total)
 
-    rng = random.Random(seed)
     try:
-        for name in names:  # warm-up: lazy imports, connections, first-call caches
-            for _ in range(min(30, n)):
-                await one(name)
-        for s in samples.values():
-            for v in s.values():
-                v.clear()
-        for _ in range(n):
-            order = list(names)
-            rng.shuffle(order)
-            for name in order:
-                await one(name)
+        await interleaved(names, one, samples, n, seed)
     finally:
         for router, saved in routers.values():
             restore(saved)
@@ -172,6 +161,23 @@ async def measure(specs: dict[str, dict], raws: dict[str, dict], n: int, full_ch
                 out["paired"][f"{provider}:plugin-{base}:{key}"] = _us(percentile(diffs, 50))
     out["isolated"] = await isolated_routing(full_chain_specs, max(50, n // 2))
     return out
+
+
+async def interleaved(names: list[str], one, samples: dict[str, dict[str, list[float]]], n: int, seed: int) -> None:
+    """Warm every setup up (lazy imports, connections, first-call caches), forget what the warm-up measured, then
+    run ``n`` rounds, each setup once per round in a fresh seeded random order: sample i of every setup pairs up."""
+    rng = random.Random(seed)
+    for name in names:  # warm-up: lazy imports, connections, first-call caches
+        for _ in range(min(30, n)):
+            await one(name)
+    for s in samples.values():
+        for v in s.values():
+            v.clear()
+    for _ in range(n):
+        order = list(names)
+        rng.shuffle(order)
+        for name in order:
+            await one(name)
 
 
 async def isolated_routing(specs: dict[str, dict], n: int) -> dict[str, Any]:

@@ -27,12 +27,11 @@ shows how stable they are. Targets (issue 18): added caller latency <= 5% and ad
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import Any
 
 from . import configs
-from .overhead import PLUGIN_LIMITS, PROMPT, PROVIDERS, SIM_LIMITS
+from .overhead import PLUGIN_LIMITS, PROMPT, PROVIDERS, SIM_LIMITS, interleaved
 from .stats import percentile
 
 SETUPS = ("stock_shuffle", "plugin")
@@ -87,20 +86,9 @@ async def measure(specs: dict[str, dict], n: int, blocks: int = 3, seed: int = 1
         samples[name]["latency"].append(latency)
         samples[name]["cpu"].append(time.process_time() - cpu0)
 
-    rng = random.Random(seed)
     names = list(specs)
     try:
-        for name in names:  # warm-up: lazy imports, connections, first-call caches
-            for _ in range(min(30, n)):
-                await one(name)
-        for s in samples.values():
-            for v in s.values():
-                v.clear()
-        for _ in range(n):
-            order = list(names)
-            rng.shuffle(order)
-            for name in order:
-                await one(name)
+        await interleaved(names, one, samples, n, seed)
     finally:
         for router, saved in routers.values():
             restore(saved)

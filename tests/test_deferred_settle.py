@@ -51,11 +51,15 @@ class Counting(fakeredis.FakeAsyncRedis):
         return await super().evalsha(sha, numkeys, *rest)
 
 
-def test_a_settle_rides_on_the_next_reservation_no_round_trip_of_its_own():
-    plan = _plan()
+def _counted_store():
+    """A plan, an async store on fakeredis whose script calls are counted (``Counting.calls``), and a plain sync
+    client on the same server to read the counters."""
     server = fakeredis.FakeServer()
     store = QuotaStore(StoreTarget(url="redis://fakeredis"), client=Counting(server=server))
-    sync = fakeredis.FakeRedis(server=server)
+    return _plan(), store, fakeredis.FakeRedis(server=server)
+
+def test_a_settle_rides_on_the_next_reservation_no_round_trip_of_its_own():
+    plan, store, sync = _counted_store()
 
     async def scenario():
         await _load_scripts(store)
@@ -75,10 +79,7 @@ def test_a_settle_rides_on_the_next_reservation_no_round_trip_of_its_own():
 
 
 def test_without_a_reservation_the_settles_are_flushed_in_one_call_within_the_interval():
-    plan = _plan()
-    server = fakeredis.FakeServer()
-    store = QuotaStore(StoreTarget(url="redis://fakeredis"), client=Counting(server=server))
-    sync = fakeredis.FakeRedis(server=server)
+    plan, store, sync = _counted_store()
 
     async def scenario():
         await _load_scripts(store)
@@ -94,10 +95,7 @@ def test_without_a_reservation_the_settles_are_flushed_in_one_call_within_the_in
 
 
 def test_what_is_queued_when_the_loop_closes_is_flushed_by_it():
-    plan = _plan()
-    server = fakeredis.FakeServer()
-    store = QuotaStore(StoreTarget(url="redis://fakeredis"), client=Counting(server=server))
-    sync = fakeredis.FakeRedis(server=server)
+    plan, store, sync = _counted_store()
 
     async def scenario():
         r = await store.reserve_first([Ask(plan, 100)])

@@ -42,7 +42,6 @@ from ..redact import remember, scrub
 from ..priority import extra_to_state
 from ..request_shape import problem as shape_problem
 from ..routing import RETRY_AFTER_BOUND_S, UNSENT_KEY, Skip  # noqa: F401  (re-exported: the walk's names)
-from ..routing import describe_blocked as _describe_blocked  # noqa: F401
 from ..routing import short as _short
 from ..store import Ask, Blocked, QuotaStore, Reservation, SyncQuotaStore
 from ..store.queue import DEFAULT_MAX_WAITERS, LineFull, Turn, WaitQueue, priority_of
@@ -197,13 +196,9 @@ class QuotaRouting(CustomRoutingStrategyBase):
             asks = request.asks()
             started = time.perf_counter()
             outcome = await self.store.reserve_first(asks) if asks else []
-            if isinstance(outcome, Reservation):
-                return request.chosen_from(outcome, time.perf_counter() - started)
-            blocked = request.blocked_from(outcome, asks, time.perf_counter() - started)
-            request.check_fits(blocked)
-            wait = request.wait_before_retry(blocked, deadline)
-            if wait is None:
-                raise request.refusal(blocked)
+            chosen, wait, blocked = request.answer(outcome, asks, time.perf_counter() - started, deadline)
+            if chosen is not None:
+                return chosen
             await self.wait(request, wait, blocked)
 
     def get_available_deployment(
@@ -222,13 +217,9 @@ class QuotaRouting(CustomRoutingStrategyBase):
             asks = request.asks()
             started = time.perf_counter()
             outcome = self.sync_store.reserve_first(asks) if asks else []
-            if isinstance(outcome, Reservation):
-                return request.chosen_from(outcome, time.perf_counter() - started)
-            blocked = request.blocked_from(outcome, asks, time.perf_counter() - started)
-            request.check_fits(blocked)
-            wait = request.wait_before_retry(blocked, deadline)
-            if wait is None:
-                raise request.refusal(blocked)
+            chosen, wait, blocked = request.answer(outcome, asks, time.perf_counter() - started, deadline)
+            if chosen is not None:
+                return chosen
             self.wait_sync(request, wait, blocked)
 
     # ---- where a request waits for a reset (max_wait_s, a 429's short Retry-After) ---------------------------
@@ -318,14 +309,19 @@ class _Request:
         retime = getattr(self.strategy.admission, "retime", None)
         return [retime(b) for b in outcome] if retime is not None else list(outcome)
 
-    def candidates(self) -> list[tuple[dict, DeploymentPlan]]:
-        """The chain's candidates for this walk, in order (sets ``skipped``)."""
-        candidates, self.skipped = routing.select(self.pairs, self.failures, self.tokens, self.retry_rate_limited)
-        return candidates
-
-    def rate_limited_plans(self) -> list[DeploymentPlan]:
-        """Deployments that answered 429 in this request and were passed over: their resets may be waited out."""
-        return routing.rate_limited_plans(self.skipped, self.failures, self.retry_rate_limited)
+    def answer(self, outcome: Reservation | list[Blocked], asks: list[Ask], seconds: float,
+               deadline: float) -> tuple[dict | None, float, list[Blocked]]:
+        """What the store's answer means for this walk, the same for async and sync callers: (the chosen
+        deployment, 0, []) or (None, seconds to wait before walking again, why nothing fit); raises the refusal (or
+        the 400 of a request nothing could ever take) when the walk must not wait."""
+        if isinstance(outcome, Reservation):
+            return self.chosen_from(outcome, seconds), 0.0, []
+        blocked = self.blocked_from(outcome, asks, seconds)
+        self.check_fits(blocked)
+        wait = self.wait_before_retry(blocked, deadline)
+        if wait is None:
+            raise self.refusal(blocked)
+        return None, wait, blocked
 
     def check_budget(self) -> None:
         deadline = deadline_of(self.metadata)
