@@ -88,6 +88,10 @@ class Calibrator(Observer):
 
     # ---- before the first admission ---------------------------------------------------------------------------
 
+    def is_ready(self) -> bool:
+        """True once ``ensure_ready`` has returned in this process (it then returns at once)."""
+        return self._ready
+
     async def ensure_ready(self) -> None:
         """The strategy's ``ready`` hook: awaited before every admission, returns at once after the first."""
         if self._ready:

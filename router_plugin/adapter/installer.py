@@ -38,7 +38,7 @@ from ..events import Events
 from .hooks import ATTEMPT_HOOKS, GuardedStrategy
 from .line import Line, check, detect
 from ..store import QuotaStore, SyncQuotaStore, open_stores, resolve_target
-from .strategy import QuotaRouting
+from .strategy import QuotaRouting, install_prefetch
 from .streams import install_stream_guard
 
 _ATTR = "_router_plugin"
@@ -130,6 +130,7 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
         from .retry import install_retry_policy
 
         install_retry_policy(router, chain_length=max(groups.values(), default=1))
+    install_prefetch(router, lambda: router.__dict__[_ATTR].strategy)  # the first walk's reservation, at entry
     install_stream_guard(router, installed, line)  # budget, stream guard; 1.108: attempt limits (timeouts.py)
     if deliver_events:
         DISPATCH.register(callbacks)  # one process-wide entry in LiteLLM's lists, whatever the number of Routers
@@ -163,6 +164,7 @@ def _add_operator_observers(router: litellm.Router, inst: Installed) -> None:
         calibrator = Calibrator(router, inst.settings.calibration.interval_s)
         inst.events.add(calibrator)
         inst.strategy.ready = calibrator.ensure_ready  # before the first admission: one fleet-wide refresh
+        inst.strategy.is_ready = calibrator.is_ready
         inst.store.on_empty(calibrator.store_came_back_empty)  # Redis came back empty: refresh before admitting
     if inst.settings.metrics.enabled:
         from .. import metrics

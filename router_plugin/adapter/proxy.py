@@ -38,7 +38,7 @@ from .. import providers
 from ..config import Settings, load_config
 from ..errors import ConfigError
 from ..priority import PRIORITY_HEADER, PRIORITY_KEY, PRIORITY_SOURCE_KEY
-from .strategy import METADATA_KEY, ChainFailedError, QuotaExhaustedError
+from .strategy import EARLY_KEY, METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from . import router_api
 from .timeouts import FAILED_KEY
 
@@ -381,7 +381,6 @@ async def _book_failed_attempt(installed: Any, kwargs: Mapping[str, Any], exc: B
 # A request that got its pick but failed before the Router took it (a later hook, a guardrail) gets its reservation
 # back in the failure hook (``release_early``), as an attempt that was never sent.
 
-EARLY_KEY = "_router_plugin_early_pick"  # request metadata: the pre-call hook's chosen deployment, for the Router
 _EARLY_MARK = "_router_plugin_takes_early_pick"
 _EARLY_CALL_TYPES = frozenset({"completion", "acompletion"})
 _FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")  # per-request keys

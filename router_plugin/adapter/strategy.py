@@ -23,6 +23,7 @@ When every deployment is out because it failed in this request (no quota reason 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -37,7 +38,7 @@ from .. import routing
 from .._plans import PlanBook
 from ..config import Settings
 from ..events import Events
-from ..limits import DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
+from ..limits import SCHEMA_FIELDS, DeploymentPlan, estimate_prompt_tokens, requested_max_tokens
 from ..redact import remember, scrub
 from ..priority import extra_to_state
 from ..request_shape import problem as shape_problem
@@ -51,6 +52,7 @@ from .timeouts import (EXCLUDE_KEY, FAILED_KEY, BudgetExceededError, deadline_of
 log = logging.getLogger("router_plugin")
 
 METADATA_KEY = "router_plugin"
+EARLY_KEY = "_router_plugin_early_pick"  # request metadata: the proxy pre-call hook's pick (proxy.py)
 
 
 class QuotaExhaustedError(litellm.RateLimitError):
@@ -125,6 +127,7 @@ def _failed_attempts(metadata: Mapping) -> list[dict]:
 
 class QuotaRouting(CustomRoutingStrategyBase):
     ready = None  # async () -> None awaited before admitting (calibration.py: once per process, then instant)
+    is_ready = None  # () -> bool: ``ready`` would return at once (a prefetch may start)
 
     def __init__(self, router: Any, settings: Settings, store: QuotaStore, plans: PlanBook, owner: str,
                  sync_store: SyncQuotaStore | None = None, events: Events | None = None):
@@ -195,11 +198,55 @@ class QuotaRouting(CustomRoutingStrategyBase):
                 continue
             asks = request.asks()
             started = time.perf_counter()
-            outcome = await self.store.reserve_first(asks) if asks else []
+            outcome = await self._prefetched(asks)
+            if outcome is None:
+                outcome = await self.store.reserve_first(asks) if asks else []
             chosen, wait, blocked = request.answer(outcome, asks, time.perf_counter() - started, deadline)
             if chosen is not None:
                 return chosen
             await self.wait(request, wait, blocked)
+
+    # ---- the reservation started at the call's entry (install_prefetch) ------------------------------------
+    #
+    # Between ``router.acompletion(...)`` and its pick LiteLLM spends ~150 µs of its own work (fallback and retry
+    # wrappers, metadata); the walk's one round trip to Redis then sits on the caller's path. The prefetch starts
+    # that same walk's reservation when the call enters (same chain, same Asks, same atomic script), so Redis works
+    # while LiteLLM does; the pick then takes the answer instead of asking again. It is used only when the pick's
+    # Asks are exactly those it sent (first attempt of a fresh call); otherwise, or when the call ends before its
+    # pick (LiteLLM rejected it, the caller went away), what it reserved is given back as never sent.
+
+    def prefetch(self, model: Any, messages: Any, kwargs: dict) -> "Prefetch | None":
+        """Start the first walk's reservation for ``router.acompletion(model, messages, **kwargs)``, or None
+        when the pick must decide alone (waiting allowed, readiness pending, a retry, a bad or unknown request)."""
+        if (self.ready is not None and not (self.is_ready is not None and self.is_ready())) \
+                or self.settings.max_wait_s > 0 or not isinstance(model, str) \
+                or not isinstance(messages, list):
+            return None
+        metadata = _metadata(kwargs)
+        if metadata.get(EARLY_KEY) or metadata.get(FAILED_KEY) or metadata.get(METADATA_KEY) \
+                or metadata.get(EXCLUDE_KEY):
+            return None
+        if any(kwargs.get(name) is not None for name in SCHEMA_FIELDS):
+            return None  # the pick may see these in another form: let it size the request alone
+        deployments = self.router.get_model_list(model_name=model)
+        if not deployments or shape_problem(messages, kwargs, chat=True):
+            return None
+        asks = _Request(self, model, deployments, messages, kwargs).asks()
+        if not asks:
+            return None
+        start = getattr(self.store, "start_reserve_first", None)  # sent now when the store's lane is open
+        pending = start(asks) if start is not None else self.store.reserve_first(asks)
+        return Prefetch(asks, asyncio.get_running_loop().create_task(pending), self.store)
+
+    async def _prefetched(self, asks: list[Ask]) -> "Reservation | list[Blocked] | None":
+        prefetch = _PREFETCH.get()
+        if prefetch is None or prefetch.taken or prefetch.store is not self.store:
+            return None
+        prefetch.taken = True
+        if prefetch.asks != asks:
+            prefetch.release()
+            return None
+        return await prefetch.task
 
     def get_available_deployment(
         self, model: str, messages: list[dict[str, str]] | None = None, input: str | list | None = None,
@@ -238,6 +285,66 @@ class QuotaRouting(CustomRoutingStrategyBase):
 
     def wait_sync(self, request: "_Request", seconds: float, blocked: list[Blocked]) -> None:
         time.sleep(seconds)
+
+
+class Prefetch:
+    """A walk's reservation started at the call's entry (``QuotaRouting.prefetch``)."""
+
+    __slots__ = ("asks", "task", "store", "taken")
+
+    def __init__(self, asks: list[Ask], task: asyncio.Task, store: Any):
+        self.asks, self.task, self.store, self.taken = asks, task, store, False
+
+    def release(self) -> None:
+        """Not taken by the pick: give back what it reserved, as an attempt never sent (off the caller's path)."""
+        self.taken = True
+        if self.task.done():
+            self._give_back(self.task)
+        else:
+            self.task.add_done_callback(self._give_back)
+
+    def _give_back(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        outcome = task.result()
+        if isinstance(outcome, Reservation) and outcome.counters:
+            refund = asyncio.get_running_loop().create_task(self.store.refund(outcome, requests=True))
+            _RELEASES.add(refund)
+            refund.add_done_callback(_RELEASES.discard)
+
+
+_PREFETCH: "contextvars.ContextVar[Prefetch | None]" = contextvars.ContextVar("router_plugin_prefetch", default=None)
+_RELEASES: set = set()  # refunds in flight (a reference until done)
+
+
+def install_prefetch(router: Any, strategy_of: Any) -> None:
+    """Wrap the public ``router.acompletion`` so the first walk's reservation starts when the call enters (see
+    ``QuotaRouting.prefetch``); ``strategy_of()`` is the router's installed strategy. Installed below the stream
+    guard: each call (each hop of a stream) starts afresh. A prefetch that fails to start changes nothing."""
+    if router.__dict__.get(_PREFETCH_MARK):
+        return
+    original = router.acompletion
+
+    async def acompletion(model: str, messages: list, **kwargs: Any):
+        try:
+            prefetch = strategy_of().prefetch(model, messages, kwargs)
+        except Exception:  # the pick decides alone, and raises whatever is wrong with the request
+            prefetch = None
+        if prefetch is None:
+            return await original(model=model, messages=messages, **kwargs)
+        token = _PREFETCH.set(prefetch)
+        try:
+            return await original(model=model, messages=messages, **kwargs)
+        finally:
+            _PREFETCH.reset(token)
+            if not prefetch.taken:
+                prefetch.release()
+
+    router.acompletion = acompletion
+    router.__dict__[_PREFETCH_MARK] = True
+
+
+_PREFETCH_MARK = "_router_plugin_prefetch"
 
 
 class _Request:

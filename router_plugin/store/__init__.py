@@ -21,7 +21,7 @@ import asyncio
 import atexit
 import logging
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -34,6 +34,7 @@ from ._codec import Ask, Blocked, CounterState, KeySpace, Reservation
 from ._ops import SyncOperations
 from .batch import FLUSH_AT_OPS, FLUSH_INTERVAL_S, AdjustQueue, Deferred
 from .connect import StoreTarget, resolve_target
+from .lane import Lane, LaneAddress
 
 __all__ = [
     "MARKER_CHECK_S",
@@ -115,8 +116,20 @@ class QuotaStore(_Base):
             client = self._fixed_client if self._fixed_client is not None else self.target.async_client()
             scripts = {name: client.register_script(src) for name, src in _codec.SCRIPTS.items()}
             scripts["client"] = client
+            address = LaneAddress.of(self.target) if self._fixed_client is None else None
+            scripts["lane"] = Lane(address) if address is not None else None  # the reservations' path (lane.py)
             self._per_loop[loop] = scripts
         return scripts
+
+    def _start_script(self, name: str, keys: list, args: list) -> Awaitable[Any]:
+        """Start a reservation script (``reserve``, ``adjust_reserve``): through this loop's lane when the target
+        allows one (lane.py: with its connection open, the command is written before this returns), else through
+        redis-py (sent when awaited)."""
+        scripts = self._scripts
+        lane = scripts["lane"]
+        if lane is not None:
+            return lane.start_evalsha(_codec.SCRIPTS[name], keys, args)
+        return scripts[name](keys=keys, args=args)
 
     @property
     def client(self) -> Any:
@@ -127,7 +140,7 @@ class QuotaStore(_Base):
     ) -> Reservation | Blocked:
         keys, args, ask = _codec.reserve_call(self.keys, plan, tokens, self.margin_ms, dry, counters_only)
         try:
-            reply = await self._scripts["reserve"](keys=keys, args=args)
+            reply = await self._start_script("reserve", keys, args)
         except STORE_FAILURES as exc:
             raise self._error("reserve", exc) from exc
         return _codec.parse_one(ask, reply)
@@ -136,18 +149,32 @@ class QuotaStore(_Base):
         """Reserve the first candidate that fits, in order (all its counters, all or none): one round trip for
         the whole chain (on a cluster: one per run of consecutive candidates sharing a slot). None fits: every
         candidate's Blocked, in order (report-only candidates only when blocked)."""
+        return await self.start_reserve_first(asks)
+
+    def start_reserve_first(self, asks: Sequence[Ask]) -> Awaitable[Reservation | list[Blocked]]:
+        """``reserve_first`` whose (first) call is already on its way to Redis when this returns, if this loop's
+        lane is open: await the result for the answer. Await it always: a call sent is a reservation made."""
+        groups = _codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])
+        return self._first_answer(groups, self._start_group(groups[0]) if groups else None)
+
+    def _start_group(self, group: list[Ask]) -> tuple[Awaitable[Any], list | None]:
+        call = _codec.first_call(self.keys, group, self.margin_ms)
+        carried = self.deferred.take() if not self.target.cluster and len(self.deferred) else None
+        try:
+            if carried:  # this process's deferred settles ride along: applied first, same round trip
+                return self._start_script("adjust_reserve", *_codec.folded_call(_codec.adjust_call(self.keys, carried),
+                                                                                 call)), carried
+            return self._start_script("reserve", *call), None
+        except BaseException as exc:  # raised when awaited, with the same bookkeeping
+            return _raising(exc), carried
+
+    async def _first_answer(self, groups: list[list[Ask]],
+                            first: tuple[Awaitable[Any], list | None] | None) -> Reservation | list[Blocked]:
         blocked: list[Blocked] = []
-        cluster = self.target.cluster
-        for group in (_codec.slot_groups(asks) if cluster else ([list(asks)] if asks else [])):
-            call = _codec.first_call(self.keys, group, self.margin_ms)
-            carried = self.deferred.take() if not cluster and len(self.deferred) else None
+        for i, group in enumerate(groups):
+            pending, carried = first if i == 0 else self._start_group(group)
             try:
-                if carried:  # this process's deferred settles ride along: applied first, same round trip
-                    keys, args = _codec.folded_call(_codec.adjust_call(self.keys, carried), call)
-                    reply = await self._scripts["adjust_reserve"](keys=keys, args=args)
-                    self.deferred.folded += len(carried)
-                else:
-                    reply = await self._scripts["reserve"](keys=call[0], args=call[1])
+                reply = await pending
             except BaseException as exc:
                 if carried:
                     self.deferred.put_back(carried)
@@ -155,6 +182,8 @@ class QuotaStore(_Base):
                 if isinstance(exc, STORE_FAILURES):
                     raise self._error("reserve", exc) from exc
                 raise
+            if carried:
+                self.deferred.folded += len(carried)
             outcome = _codec.parse_first(group, reply)
             if isinstance(outcome, Reservation):
                 return outcome
@@ -349,10 +378,16 @@ class QuotaStore(_Base):
             await self.flush()
         scripts = self._per_loop.pop(asyncio.get_running_loop(), None)
         if scripts is not None:
+            if scripts["lane"] is not None:
+                scripts["lane"].close()
             await scripts["client"].aclose()
 
 
 _LIVE: "weakref.WeakSet[QuotaStore]" = weakref.WeakSet()
+
+
+async def _raising(exc: BaseException) -> Any:
+    raise exc
 
 
 #: Called at exit before the deferred adjustments are flushed: work that may still defer some (the adapter adds

@@ -703,6 +703,25 @@ class ResilientQuotaStore(QuotaStore):
             "reserve", lambda: QuotaStore.reserve_first(self, asks), lambda: self.guard.local_reserve_first(asks),
         )
 
+    def start_reserve_first(self, asks: Iterable[Ask]) -> Awaitable[Reservation | list[Blocked]]:
+        """``reserve_first`` sent now when Redis is in use and the lane open (see ``QuotaStore``), under the same
+        fault policy when awaited."""
+        asks = list(asks)
+        if not asks or not self.guard.use_redis():
+            return self.reserve_first(asks)
+        return self._reserve_started(asks, QuotaStore.start_reserve_first(self, asks))
+
+    async def _reserve_started(self, asks: list[Ask], started: Any) -> Reservation | list[Blocked]:
+        first = [started]  # the call already sent; a retry (the loop ran late) sends a new one
+        try:
+            return await self._guarded(
+                "reserve", lambda: first.pop() if first else QuotaStore.reserve_first(self, asks),
+                lambda: self.guard.local_reserve_first(asks),
+            )
+        finally:
+            for pending in first:  # Redis was set aside meanwhile: the local limiter answered
+                pending.close()
+
     async def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
         seen = list(seen)
         if not seen:
