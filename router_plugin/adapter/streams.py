@@ -29,6 +29,9 @@ background event loop, ``SyncGuardedStream``) and walks the stream itself:
   trailing silence (no ``[DONE]``) is waited out for at most ``FINISH_GRACE_S`` and the answer ends complete,
   with the usage chunk if it came.
 
+The decisions above are the state machine in ``router_plugin.guard.stream`` (pure, fed plain values); this module
+reads LiteLLM's chunks and exceptions into those values, opens each hop through the router, and raises the errors.
+
 Accounting: every attempt counts (``metadata["router_plugin"]["attempts"]``, the providers' counters); a broken
 attempt is never booked as a completion (its reservation is refunded, ``events.failed`` fires, ``succeeded`` does
 not); ``metadata["router_plugin"]["model"]`` is the deployment that finished the answer, ``hops`` lists each
