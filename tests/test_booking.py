@@ -9,16 +9,8 @@ from router_plugin import booking
 from router_plugin.booking import Block, Cool
 from router_plugin.config import Cooldowns
 from router_plugin.limits import LimitOverride, PlanInputs, plan_for
-from router_plugin.providers.facts import (
-    ContextTooLong,
-    CreditsExhausted,
-    Exhausted,
-    ModelBusy,
-    ModelGone,
-    Rejected,
-    ServerError,
-    Unknown,
-)
+from router_plugin.providers.facts import (ContextTooLong, CreditsExhausted, Exhausted, ModelBusy, ModelGone, Rejected,
+                                          ServerError, Unknown)
 
 OR = plan_for({"model_name": "chat", "litellm_params": {"model": "openrouter/meta-llama/llama-3.3-70b-instruct:free",
                                                         "api_key": "k1"}, "model_info": {"id": "or"}},
