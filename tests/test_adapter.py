@@ -178,6 +178,7 @@ def test_only_the_adapter_imports_litellm():
     root = Path(router_plugin.__file__).parent
     names = [m.name for m in pkgutil.walk_packages([str(root)], "router_plugin.")
              if not m.name.startswith("router_plugin.adapter") and not m.name.endswith("__main__")]
+    assert {"router_plugin.guard.stream", "router_plugin.booking"} <= set(names)  # the adapter's decisions
     code = ("import sys\nfor n in %r:\n    __import__(n)\n    assert 'litellm' not in sys.modules, n\nprint(len(%r))"
             % (names, names))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

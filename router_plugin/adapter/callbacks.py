@@ -20,6 +20,9 @@
     A success closes the circuit: the model's strike count is cleared, so its next failure starts the
     cooldown from the base again (circuit.py).
 
+The decisions (what to settle, refund, set aside and for how long) are ``router_plugin.booking`` (pure); this module
+reads LiteLLM's events into plain values for it and carries its answers out through the store.
+
 LiteLLM keeps callbacks in process-wide lists, capped at ``MAX_CALLBACKS`` (100): one CustomLogger per Router
 would fill them in a service that builds Routers over and over (after which LiteLLM drops new ones with a warning,
 and the plugin would stop settling), and would keep every old Router alive. So the plugin puts one ``Dispatch``
@@ -38,23 +41,13 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from .. import providers
+from .. import booking, providers
 from .._plans import PlanBook
 from ..circuit import close_circuit
 from ..config import Settings
 from ..events import Events
 from ..limits import DeploymentPlan
-from ..providers.facts import (
-    CreditsExhausted,
-    Exhausted,
-    Fact,
-    ModelBusy,
-    ModelGone,
-    Rejected,
-    ServerError,
-    Unknown,
-)
-from ..priority import extra_from_state
+from ..providers.facts import Fact
 from ..redact import scrub
 from ..store import QuotaStore, Reservation
 from ..usage import usage_book
@@ -97,8 +90,8 @@ class QuotaCallbacks(CustomLogger):
         if plan is None or state.get("booked"):  # a stream the plugin judged broken is no completion
             return
         try:
-            reservation = _reservation(plan, state)
-            total = _total_tokens(response_obj, reservation.tokens if reservation else 0)
+            reservation = booking.reservation(plan, state)
+            total = _total_tokens(response_obj, reservation)
             self.events.succeeded(plan, total)
             usage_book(self.store).served(plan, _metadata_of(kwargs))  # status: use per priority / key (in memory)
             headers = _success_headers(kwargs, response_obj)
@@ -127,31 +120,30 @@ class QuotaCallbacks(CustomLogger):
         exc = kwargs.get("exception")
         now = time.time()
         try:
-            if _unsent(state, kwargs):
-                # LiteLLM failed before handing the attempt to the provider (no pre-call mark): it never left, so
-                # it costs nothing (requests refunded too) and says nothing about the deployment.
-                detail = scrub(getattr(exc, "message", None) or exc)
-                state["last_failure"] = "Unsent"
-                self.events.failed(plan, Rejected(None, f"not sent: {detail}"))
-                log.info("router_plugin: %s failed before the request was sent (%s); refunded, nothing set aside",
-                         plan.model, detail)
-                reservation = _reservation(plan, state)
+            metadata = _metadata_of(kwargs)
+            # LiteLLM failed before handing the attempt to the provider (no pre-call mark): it never left, so it
+            # costs nothing (requests refunded too) and says nothing about the deployment (booking.failure).
+            verdict = booking.failure(
+                plan, state, handed_off=bool(kwargs.get("api_call_start_time")),
+                detail=scrub(getattr(exc, "message", None) or exc),
+                classify=lambda: providers.classify_exception(plan.provider or "", exc, now),
+                stream_started=bool(kwargs.get("stream")) and kwargs.get("completion_start_time") is not None,
+                failures=metadata.get(FAILED_KEY), previous=_previous_ids(metadata))
+            state["last_failure"] = verdict.label
+            self.events.failed(plan, verdict.fact)
+            if verdict.note:
+                log.info("router_plugin: %s", verdict.note)
+            if verdict.refund_requests:
+                reservation = booking.reservation(plan, state)
                 if reservation is not None:
                     await self.store.refund(reservation, requests=True)
                 return
-            fact = providers.classify_exception(plan.provider or "", exc, now)
-            if kwargs.get("stream") and kwargs.get("completion_start_time") is not None:
-                fact = _in_stream(fact)  # the stream had started: an in-band error chunk, not an HTTP status
-            state["last_failure"] = type(fact).__name__
-            self.events.failed(plan, fact)
-            if _first_500(fact, plan, _metadata_of(kwargs), int(state.get("attempts") or 0)):
-                log.info("router_plugin: %s answered 500; one retry on it before it is set aside", plan.model)
-            else:
-                await self._record(plan, fact, now)
+            if verdict.set_aside:
+                await self._record(plan, verdict.fact, now)
             seen = providers.exception_remaining(plan.provider or "", exc, now)
             if seen:
                 self.store.calibrate_later(plan, seen)
-            reservation = _reservation(plan, state)
+            reservation = booking.reservation(plan, state)
             if reservation is not None:
                 await self.store.refund(reservation)
         except Exception as err:
@@ -174,7 +166,7 @@ class QuotaCallbacks(CustomLogger):
             self.events.failed(plan, fact)
             if cool:
                 await self._record(plan, fact)
-            reservation = _reservation(plan, state)
+            reservation = booking.reservation(plan, state)
             if reservation is not None:
                 await self.store.refund(reservation)
         except Exception as err:
@@ -189,8 +181,8 @@ class QuotaCallbacks(CustomLogger):
             return
         state["booked"] = True  # a late LiteLLM event for this attempt is ignored
         try:
-            reservation = _reservation(plan, state)
-            total = total_tokens if total_tokens > 0 else (reservation.tokens if reservation else 0)
+            reservation = booking.reservation(plan, state)
+            total = booking.tokens_to_settle(total_tokens, reservation)
             self.events.succeeded(plan, total)
             if reservation is not None:
                 self.store.settle_later(reservation, total)
@@ -200,52 +192,25 @@ class QuotaCallbacks(CustomLogger):
             log.warning("router_plugin: could not settle %s: %s", plan.model, scrub(exc))
 
     async def _record(self, plan: DeploymentPlan, fact: Fact, classified_at: float | None = None) -> None:
-        cd = self.settings.cooldowns
-        clamped = getattr(fact, "clamped", "")
-        if clamped:  # a provider value no limit can mean, bounded in providers/bounds.py: say so, count it
-            log.warning("router_plugin: %s: %s", plan.model, clamped)
+        """Set the deployment aside as the fault calls for (booking.set_aside), for every worker."""
+        aside = booking.set_aside(plan, fact, self.settings.cooldowns, classified_at)
+        if aside.clamped:  # a provider value no limit can mean, bounded in providers/bounds.py: say so, count it
+            log.warning("router_plugin: %s: %s", plan.model, aside.clamped)
             count = getattr(self.store, "count_clamped", None)
             if count is not None:
                 await count(int(time.time() // 86_400))
-        if isinstance(fact, Exhausted):
-            counter = next((c for c in plan.counters if c.limit.name == fact.limit), None)
-            until_ms = int(fact.until * 1000)
-            # Groq states its resets as waits ("7.66s", retry-after): recorded as a duration from Redis TIME, so a
-            # worker whose clock is off blocks the same window as every other. OpenRouter's reset is an absolute
-            # time (epoch ms from its own clock) and is recorded as given.
-            for_ms = 0
-            if plan.provider == "groq" and classified_at is not None:
-                for_ms = max(1, int((fact.until - classified_at) * 1000))
-            if fact.model_only or counter is None:
-                await self.store.cool(plan, f"{fact.limit} limit: {fact.detail}", for_ms / 1000, for_ms / 1000,
-                                      escalate=False, until_ms=0 if for_ms else until_ms)
-            else:
-                await self.store.block(plan, counter, until_ms, "exhausted (provider 429)", for_ms=for_ms)
-            log.warning("router_plugin: %s exhausted %s until %s: %s", plan.model, fact.limit,
-                        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fact.until)), fact.detail)
-        elif isinstance(fact, (ModelBusy, ServerError)) and _stated_wait(fact) is not None:
-            # The provider named the wait (Retry-After): set the model aside for exactly that long (no doubling),
-            # bounded by that kind's longest cooldown.
-            bound = cd.busy_max_s if isinstance(fact, ModelBusy) else cd.server_error_max_s
-            wait = min(_stated_wait(fact), bound)
-            await self.store.cool(plan, f"{'busy upstream' if isinstance(fact, ModelBusy) else 'failing'}: "
-                                        f"{fact.detail} (retry after {wait:g} s)", wait, wait, escalate=False)
-        elif isinstance(fact, ModelBusy):
-            await self.store.cool(plan, f"busy upstream: {fact.detail}", cd.busy_s, cd.busy_max_s)
-        elif isinstance(fact, ModelGone):
-            strikes = await self.store.cool(plan, f"quarantined: {fact.detail}", cd.gone_s, cd.gone_s, escalate=False)
-            if strikes == 1:  # once per quarantine, not once per in-flight request that hit it
-                log.error("router_plugin: %s is gone (%s); quarantined for %.0f h for every worker — "
-                          "remove it from the config", plan.model, fact.detail, cd.gone_s / 3600)
-        elif isinstance(fact, CreditsExhausted):
-            for counter in plan.counters:
-                await self.store.block(plan, counter, 0, "account balance negative (402)",
-                                       for_ms=int(cd.credits_s * 1000))
-            log.error("router_plugin: OpenRouter account balance is negative (402: %s); every :free model of this "
-                      "key refuses until credits are added — pool blocked for %.0f s", fact.detail, cd.credits_s)
-        elif isinstance(fact, (ServerError, Unknown)):
-            await self.store.cool(plan, f"failing: {fact.detail}", cd.server_error_s, cd.server_error_max_s)
-        # ContextTooLong, RequestTooLarge, Rejected: this request's own problem, nothing to share.
+        for action in aside.actions:
+            if isinstance(action, booking.Block):
+                await self.store.block(plan, action.counter, action.until_ms, action.reason, for_ms=action.for_ms)
+                continue
+            strikes = await self.store.cool(plan, action.reason, action.base_s, action.max_s,
+                                            escalate=action.escalate, until_ms=action.until_ms)
+            if action.error_if_first and strikes == 1:  # once per quarantine, not per in-flight request that hit it
+                log.error("router_plugin: %s", action.error_if_first)
+        if aside.warning:
+            log.warning("router_plugin: %s", aside.warning)
+        if aside.error:
+            log.error("router_plugin: %s", aside.error)
 
     def _ours(self, kwargs: Mapping[str, Any]) -> tuple[dict, DeploymentPlan | None]:
         params = kwargs.get("litellm_params") or {}
@@ -304,56 +269,15 @@ def _metadata_of(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     return metadata if isinstance(metadata, Mapping) else {}
 
 
-def _unsent(state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> bool:
-    """The attempt failed before LiteLLM handed it to the provider: the strategy marked it ``sent=False`` when it
-    chose it and LiteLLM's pre-call log (``strategy.SentSignal``) never marked it sent; LiteLLM's own record of
-    the hand-off (``api_call_start_time``) agrees."""
-    return "sent" in state and state.get("sent") is not True and not kwargs.get("api_call_start_time")
+def _previous_ids(metadata: Mapping[str, Any]) -> list:
+    """The deployments LiteLLM's breadcrumbs (``previous_models``, sync path) name as tried in this request."""
+    return [e.get("deployment_id") for e in metadata.get("previous_models") or () if isinstance(e, Mapping)]
 
 
-def _first_500(fact: Fact, plan: DeploymentPlan, metadata: Mapping[str, Any], attempt: int) -> bool:
-    """An HTTP 500 with no earlier failure of this deployment in this request: the strategy retries it once."""
-    if not (isinstance(fact, ServerError) and fact.status == 500):
-        return False
-    own = metadata.get(FAILED_KEY)
-    if isinstance(own, (list, tuple)):  # the plugin's record (async path), numbered by attempt
-        return not any(isinstance(e, Mapping) and str(e.get("deployment_id")) == plan.deployment_id
-                       and int(e.get("attempt") or 0) < attempt for e in own)
-    for entry in metadata.get("previous_models") or ():  # LiteLLM's breadcrumbs (sync path)
-        if isinstance(entry, Mapping) and str(entry.get("deployment_id")) == plan.deployment_id:
-            return False
-    return True
-
-
-def _stated_wait(fact: Fact) -> float | None:
-    """The wait a provider stated for a busy / failing model (Retry-After), in seconds; None when it named none."""
-    wait = getattr(fact, "retry_after", None)
-    return float(wait) if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0 else None
-
-
-def _in_stream(fact: Fact) -> Fact:
-    """A 429 inside a started stream names no pool unless it says so (providers.md §1.3 mid-stream example):
-    the model is busy, as ``providers.classify_stream_chunk`` has it — the account's minute is not spent."""
-    if isinstance(fact, Exhausted) and not fact.model_only and "free-models-per" not in fact.detail:
-        return ModelBusy(fact.detail)
-    return fact
-
-
-def _reservation(plan: DeploymentPlan, state: Mapping[str, Any]) -> Reservation | None:
-    if not state.get("metered"):
-        return None
-    return Reservation(plan, int(state.get("tokens", 0)), int(state.get("reserved_at_ms", 0)),
-                       extra=extra_from_state(state.get("extra")))  # e.g. a key's share (priority.py)
-
-
-def _total_tokens(response_obj: Any, fallback: int) -> int:
-    """Real usage; a missing or zero usage keeps the estimate (LiteLLM drops Groq's ``x_groq.usage`` on
-    streams without ``stream_options.include_usage``: settling to 0 would under-count)."""
+def _total_tokens(response_obj: Any, reservation: Reservation | None) -> int:
+    """The reply's ``usage.total_tokens`` as booking.tokens_to_settle has it (the estimate when there is none)."""
     usage = getattr(response_obj, "usage", None)
-    total = getattr(usage, "total_tokens", None) if usage is not None else None
-    if isinstance(total, int) and total > 0:
-        return total
-    return fallback
+    return booking.tokens_to_settle(getattr(usage, "total_tokens", None) if usage is not None else None, reservation)
 
 
 def _success_headers(kwargs: Mapping[str, Any], response_obj: Any) -> dict | None:

@@ -29,6 +29,9 @@ background event loop, ``SyncGuardedStream``) and walks the stream itself:
   trailing silence (no ``[DONE]``) is waited out for at most ``FINISH_GRACE_S`` and the answer ends complete,
   with the usage chunk if it came.
 
+The decisions above are the state machine in ``router_plugin.guard.stream`` (pure, fed plain values); this module
+reads LiteLLM's chunks and exceptions into those values, opens each hop through the router, and raises the errors.
+
 Accounting: every attempt counts (``metadata["router_plugin"]["attempts"]``, the providers' counters); a broken
 attempt is never booked as a completion (its reservation is refunded, ``events.failed`` fires, ``succeeded`` does
 not); ``metadata["router_plugin"]["model"]`` is the deployment that finished the answer, ``hops`` lists each
@@ -41,29 +44,24 @@ import asyncio
 import contextvars
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import litellm
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
 from .. import prefill
-from ..prefill import CONTINUE_INSTRUCTION
-from ..providers.facts import Fact, ServerError
+from ..guard.stream import FINISH_GRACE_S, NEXT, RESTATE, Broke, Hop, Stop, StreamCall
 from ..redact import scrub
 from .strategy import EXCLUDE_KEY, METADATA_KEY, ChainFailedError, QuotaExhaustedError
 from .timeouts import DEADLINE_KEY, FAILED_KEY, BudgetExceededError, install_attempt_limits, request_metadata
 
 log = logging.getLogger("router_plugin")
 
-#: After the provider's finish chunk, wait at most this long for the usage chunk / end of body (no ``[DONE]``).
-FINISH_GRACE_S = 1.0
 _INNER = "_router_plugin_inner"
-_PREFIX = re.compile(r"^(?:litellm\.\w+: )?(?:\w+Error: |Timeout: )?")
 _MARK = "_router_plugin_stream_guard"
 #: What a hop's metadata hands back to the caller's (LiteLLM's routing fields and the plugin's failure record).
 _KEYS_BACK = (FAILED_KEY, "model_group", "model_group_alias", "deployment", "model_info", "api_base",
@@ -254,62 +252,36 @@ class SyncGuardedStream:
 
 
 # --------------------------------------------------------------------------------------------- one call
+# The decisions live in guard/stream.py (StreamCall); here LiteLLM's chunks, exceptions and metadata are turned
+# into plain values for it, and its answers into LiteLLM calls and errors.
 
 
 @dataclass
 class _Hop:
-    """One stream of the call: a router.acompletion(stream=True) that returned."""
+    """One stream of the call: a router.acompletion(stream=True) that returned, and the machine's view of it."""
 
     response: Any
     metadata: dict
     inner: Any
-    first_token_by: float | None
-    content_chars: int = 0
-    finish: str | None = None
-    usage_tokens: int = 0
+    run: Hop
 
     @property
     def state(self) -> dict:
         value = self.metadata.get(METADATA_KEY)
         return value if isinstance(value, dict) else {}
 
-    @property
-    def model(self) -> str:
-        return str(self.state.get("model") or "?")
 
-
-@dataclass(eq=False)
-class _Broke(Exception):
-    """A hop ended without a complete answer."""
-
-    why: str  # for people: "stream cut after 31 characters: APIConnectionError: ..."
-    fact: Fact | None = None  # set when the plugin detected it (LiteLLM fired no failure event)
-    exc: BaseException | None = None
-    cool: bool = True
-    budget: bool = False
-
-
-@dataclass
 class _Call:
-    original: Any
-    inst: Any
-    model: str
-    messages: list
-    kwargs: dict
-    parts: list[str] = field(default_factory=list)
-    delivered_chunks: int = 0
-    tool_calls: bool = False
-    hops: list[dict] = field(default_factory=list)
-    excluded: list[dict] = field(default_factory=list)
-    first_failure: _Broke | None = None
-    no_continuation: list[str] = field(default_factory=list)
-    attempts: int = 0
-    restate_ids: set = field(default_factory=set)  # deployments that refused a prefill in this call
-
-    def __post_init__(self) -> None:
-        self.limits = self.inst.settings.timeouts
-        self.caller_md = request_metadata(self.kwargs)
+    def __init__(self, original: Any, inst: Any, model: str, messages: list, kwargs: dict):
+        self.original = original
+        self.inst = inst
+        self.model = model
+        self.messages = messages
+        self.kwargs = kwargs
+        self.limits = inst.settings.timeouts
+        self.caller_md = request_metadata(kwargs)
         self.deadline = time.time() + self.limits.total_s
+        self.machine = StreamCall(model, messages, self.limits, self.deadline)
         # A fresh record for this call (a caller may hand the same metadata dict to every call).
         for key in (METADATA_KEY, EXCLUDE_KEY):
             self.caller_md.pop(key, None)
@@ -339,20 +311,13 @@ class _Call:
         # (hooks.GuardedStrategy re-raises a rejection only within the LiteLLM call it happened in).
         md[FAILED_KEY] = [{k: v for k, v in e.items() if k != "rejection"} if isinstance(e, Mapping) else e
                           for e in md.get(FAILED_KEY) or ()]
-        md[METADATA_KEY] = {"attempts": self.attempts}
-        md[EXCLUDE_KEY] = list(self.excluded)
+        md[METADATA_KEY] = {"attempts": self.machine.attempts}
+        md[EXCLUDE_KEY] = list(self.machine.excluded)
         md[DEADLINE_KEY] = self.deadline
         kwargs = dict(self.kwargs)
         kwargs["litellm_metadata" if self.caller_md is self.kwargs.get("litellm_metadata") else "metadata"] = md
-        messages = list(self.messages)
-        if continuation:
-            messages.append({"role": "assistant", "content": "".join(self.parts)})
-            if restate:  # a model that takes no prefill: the partial answer as its turn, then "go on from there"
-                messages.append({"role": "user", "content": CONTINUE_INSTRUCTION})
-            for key in ("max_tokens", "max_completion_tokens"):
-                value = kwargs.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    kwargs[key] = max(1, value - self.delivered_chunks)
+        messages, caps = self.machine.request(continuation, restate, kwargs)
+        kwargs.update(caps)
         self.base_md = md
         lenient = _LENIENT.set(True)  # the router reads the first chunk inside this call
         try:
@@ -361,27 +326,19 @@ class _Call:
             _LENIENT.reset(lenient)
             state = md.get(METADATA_KEY)
             if isinstance(state, dict):
-                self.attempts = max(self.attempts, int(state.get("attempts", 0)))
+                self.machine.attempts = max(self.machine.attempts, int(state.get("attempts", 0)))
             self._publish(md)
         state = md.get(METADATA_KEY) if isinstance(md.get(METADATA_KEY), dict) else {}
         first_by = state.get("first_token_by")
         return _Hop(response, md, getattr(response, _INNER, None),
-                    float(first_by) if isinstance(first_by, (int, float)) else None)
+                    Hop(state, float(first_by) if isinstance(first_by, (int, float)) else None))
 
     def _publish(self, md: Mapping[str, Any]) -> None:
         """What the caller reads in ``metadata["router_plugin"]``: the deployment serving now, every attempt."""
         for key in _KEYS_BACK:
             if key in md:
                 self.caller_md[key] = md[key]
-        state = md.get(METADATA_KEY)
-        summary = dict(state) if isinstance(state, dict) else {}
-        summary.pop("owner", None)
-        summary.pop("first_token_by", None)
-        summary["attempts"] = self.attempts
-        summary["hops"] = [dict(h) for h in self.hops]
-        if self.hops:
-            summary["continued"] = bool(self.first_failure and self.parts)
-        self.caller_md[METADATA_KEY] = summary
+        self.caller_md[METADATA_KEY] = self.machine.summary(md.get(METADATA_KEY))
 
     async def _run(self, hop: _Hop):
         try:
@@ -389,10 +346,10 @@ class _Call:
                 try:
                     async for chunk in self._relay(hop):
                         yield chunk
-                    self.hops.append({"model": hop.model, "outcome": "complete", "chars": hop.content_chars})
+                    self.machine.complete(hop.run)
                     self._publish(hop.metadata)
                     return
-                except _Broke as broke:
+                except Broke as broke:
                     await self._close(hop)
                     await self._book(hop, broke)
                     hop = await self._next(broke)
@@ -401,76 +358,31 @@ class _Call:
 
     async def _relay(self, hop: _Hop):
         iterator = hop.response.__aiter__()
+        run = hop.run
         while True:
-            wait, budget_bound, phase = self._wait(hop)
+            wait = self.machine.wait(run, time.time())
             lenient = _LENIENT.set(True)
             try:
-                async with asyncio.timeout(wait) as scope:
+                async with asyncio.timeout(wait.seconds) as scope:
                     chunk = await iterator.__anext__()
             except StopAsyncIteration:
-                if hop.finish is not None:
-                    return
-                raise _Broke(f"stream from {hop.model} ended after {hop.content_chars} characters with no finish "
-                             "reason", ServerError(None, "stream ended without a finish reason")) from None
+                self.machine.ended(run)
+                return
             except TimeoutError as exc:
                 if not scope.expired():
-                    raise _Broke(f"stream from {hop.model} failed: {_describe(exc)}", exc=exc) from None
-                if hop.finish is not None:
-                    # LiteLLM fires its success event only at the end of the body: book the completion here.
-                    log.info("router_plugin: %s finished but sent no end of stream; ending the answer", hop.model)
-                    await self.inst.callbacks.record_completion(hop.state, hop.usage_tokens)
-                    return
-                if budget_bound:
-                    raise _Broke(f"the {self.limits.total_s:g} s budget ran out while {hop.model} was streaming",
-                                 ServerError(None, "cut short by the call's budget"), cool=False,
-                                 budget=True) from None
-                raise _Broke(f"stream from {hop.model} sent no {phase} within {wait:g} s "
-                             f"({'stalled' if hop.content_chars else 'no first token'})",
-                             ServerError(None, f"stream silent for {wait:g} s ({phase})")) from None
+                    raise self.machine.failed(run, exc, timed_out=True) from None
+                self.machine.silent(run, wait)  # raises Broke unless the hop had finished
+                # LiteLLM fires its success event only at the end of the body: book the completion here.
+                await self.inst.callbacks.record_completion(hop.state, run.usage_tokens)
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the transport or an in-band error chunk; LiteLLM books these itself
-                raise _Broke(f"stream from {hop.model} broke off after {hop.content_chars} characters: "
-                             f"{_describe(exc)}", exc=exc) from None
+                raise self.machine.failed(run, exc) from None
             finally:
                 _LENIENT.reset(lenient)
-            choice = chunk.choices[0] if getattr(chunk, "choices", None) else None
-            finish = getattr(choice, "finish_reason", None) if choice is not None else None
-            if finish is not None and hop.finish is None:
-                said = None if hop.inner is None else (getattr(hop.inner, "received_finish_reason", None)
-                                                       or getattr(hop.inner, "intermittent_finish_reason", None))
-                if finish == "error" or said == "error":
-                    raise _Broke(f"stream from {hop.model} ended with finish_reason 'error' after "
-                                 f"{hop.content_chars} characters", ServerError(None, "finish_reason error"))
-                if hop.inner is not None and said is None:  # LiteLLM's synthetic "stop": the provider sent none
-                    raise _Broke(f"stream from {hop.model} ended after {hop.content_chars} characters with no "
-                                 "finish reason", ServerError(None, "stream ended without a finish reason"))
-                hop.finish = finish
-            usage = getattr(chunk, "usage", None)
-            if usage is not None and isinstance(getattr(usage, "total_tokens", None), int):
-                hop.usage_tokens = usage.total_tokens
-            delta = getattr(choice, "delta", None) if choice is not None else None
-            content = getattr(delta, "content", None) if delta is not None else None
-            if getattr(delta, "tool_calls", None):
-                self.tool_calls = True
-            if content:
-                self.parts.append(content)
-                self.delivered_chunks += 1
-                hop.content_chars += len(content)
+            self.machine.chunk(run, **_read(chunk, hop.inner))
             yield chunk
-
-    def _wait(self, hop: _Hop) -> tuple[float, bool, str]:
-        """(seconds to wait for the next chunk, whether the budget is what binds, what is awaited)."""
-        now = time.time()
-        if hop.finish is not None:
-            wait, phase = min(self.limits.stream_idle_s, FINISH_GRACE_S), "end of stream"
-        elif hop.content_chars == 0:
-            by = hop.first_token_by if hop.first_token_by is not None else now + self.limits.first_token_s
-            wait, phase = max(0.0, by - now), "first token"
-        else:
-            wait, phase = self.limits.stream_idle_s, "chunk"
-        left = max(0.0, self.deadline - now)
-        return (left, True, phase) if left < wait else (wait, False, phase)
 
     async def _close(self, hop: _Hop) -> None:
         try:
@@ -478,95 +390,77 @@ class _Call:
         except BaseException as exc:  # pragma: no cover - best effort
             log.debug("router_plugin: closing a stream failed: %s", exc)
 
-    async def _book(self, hop: _Hop, broke: _Broke) -> None:
-        state = hop.state
+    async def _book(self, hop: _Hop, broke: Broke) -> None:
         if broke.fact is not None:  # detected here: LiteLLM fired (and will fire) no event for this attempt
-            await self.inst.callbacks.record_failure(state, broke.fact, broke.cool)
-        log.warning("router_plugin: %s", broke.why)
-        if state.get("deployment_id"):
-            self.excluded.append({"deployment_id": str(state["deployment_id"]), "why": _short(broke.why, 160)})
-        self.hops.append({"model": hop.model, "outcome": "broke off", "chars": hop.content_chars,
-                          "why": _short(broke.why, 200)})
-        if self.first_failure is None:
-            self.first_failure = broke
+            await self.inst.callbacks.record_failure(hop.state, broke.fact, broke.cool)
+        self.machine.broke(hop.run, broke)
 
-    async def _next(self, broke: _Broke) -> _Hop:
+    async def _next(self, broke: Broke) -> _Hop:
         """The hop that takes over; raises the error that names the original failure when none can."""
-        original = self.first_failure or broke
-        if broke.budget or time.time() >= self.deadline:
-            raise BudgetExceededError(self.model, f"{original.why}; the {self.limits.total_s:g} s budget ran out "
-                                                  "before another deployment could finish the answer") from None
-        if self.tool_calls:
-            raise self._interrupted(original, "a tool call cannot be continued on another model")
+        original = self.machine.first_failure or broke
+        step = self.machine.after(broke, time.time())
+        if isinstance(step, Stop) and step.budget:
+            raise BudgetExceededError(self.model, step.text) from None
+        if isinstance(step, Stop):
+            raise self._error(step)
         while True:
-            continuation = bool(self.parts)
+            continuation = bool(self.machine.parts)
             restate = continuation and await self._takes_no_prefill()
             try:
                 return await self._open(continuation, restate)
             except (QuotaExhaustedError, ChainFailedError, BudgetExceededError) as exc:
-                raise self._interrupted(original, f"no other deployment could take it over ({_plain(exc)})") \
-                    from exc
+                raise self._error(self.machine.nobody_took_over(original, exc)) from exc
             except Exception as exc:
                 state = self.base_md.get(METADATA_KEY) if isinstance(self.base_md.get(METADATA_KEY), dict) else {}
-                if continuation and not restate and _rejects_request(exc) and state.get("deployment_id"):
+                verdict = self.machine.take_over_failed(original, exc, state, continuation=continuation,
+                                                        restate=restate, rejects=_rejects_request(exc))
+                if verdict == RESTATE:
                     # It refused the prefill: remember that for every worker, and ask it again the other way.
-                    who = str(state.get("model") or state["deployment_id"])
-                    log.info("router_plugin: %s does not take an assistant prefill (%s); continuing without one",
-                             who, _describe(exc))
                     plan = self.inst.plans.by_id(str(state["deployment_id"]))
                     if plan is not None:
                         await prefill.remember_refusal(self.inst.store, plan)
-                    self.restate_ids.add(str(state["deployment_id"]))
-                    self._forget_failure(str(state["deployment_id"]), int(state.get("attempts") or 0))
-                    self.hops.append({"model": who, "outcome": "refused the prefill", "chars": 0,
-                                      "why": _short(_describe(exc), 200)})
+                    self.machine.forget_failure((self.base_md, self.caller_md), str(state["deployment_id"]),
+                                                int(state.get("attempts") or 0))
                     continue
-                if continuation and _rejects_request(exc) and state.get("deployment_id"):
-                    who = str(state.get("model") or state["deployment_id"])
-                    log.info("router_plugin: %s does not accept a continuation (%s)", who, _describe(exc))
-                    self.no_continuation.append(who)
-                    self.excluded.append({"deployment_id": str(state["deployment_id"]),
-                                          "why": "does not accept a continuation"})
-                    self.hops.append({"model": who, "outcome": "refused the continuation", "chars": 0,
-                                      "why": _short(_describe(exc), 200)})
+                if verdict == NEXT:
                     continue
-                raise self._interrupted(original, f"taking it over failed too ({_describe(exc)})") from exc
+                raise self._error(verdict) from exc
 
     async def _takes_no_prefill(self) -> bool:
         """Whether the deployment the strategy will choose next (the first of the chain not yet out of this call)
         takes no assistant prefill: declared (``model_info.supports_assistant_prefill: false``), learnt by any
         worker (Redis), or refused in this call. A wrong guess costs little: a prefill refused is asked again the
         other way; the other way works everywhere."""
-        out = {str(e.get("deployment_id")) for e in self.excluded}
-        out |= {str(e.get("deployment_id")) for e in self.base_md.get(FAILED_KEY) or () if isinstance(e, Mapping)}
+        out = self.machine.out_of_call(self.base_md.get(FAILED_KEY) or ())
         router = getattr(self.inst.strategy, "router", None)
         for deployment in (router.get_model_list(model_name=self.model) or []) if router is not None else []:
             plan = self.inst.plans.plan(deployment)
             if plan.deployment_id in out:
                 continue
-            if plan.deployment_id in self.restate_ids or prefill.declared(deployment) is False:
+            if plan.deployment_id in self.machine.restate_ids or prefill.declared(deployment) is False:
                 return True
             return await prefill.refuses(self.inst.store, plan)
         return False
 
-    def _forget_failure(self, deployment_id: str, attempt: int) -> None:
-        """Drop a refused prefill from this call's failure record, so the strategy may choose that deployment again
-        for the continuation without one (the attempt stays counted in ``attempts`` and ``hops``)."""
-        for md in (self.base_md, self.caller_md):
-            failed = md.get(FAILED_KEY)
-            if isinstance(failed, list):
-                md[FAILED_KEY] = [e for e in failed if not (isinstance(e, Mapping) and str(e.get("deployment_id"))
-                                                            == deployment_id and int(e.get("attempt") or 0) == attempt)]
+    def _error(self, stop: Stop) -> StreamInterruptedError:
+        return StreamInterruptedError(self.model, stop.text, stop.exc)
 
-    def _interrupted(self, original: _Broke, then: str) -> StreamInterruptedError:
-        delivered = sum(len(p) for p in self.parts)
-        text = original.why
-        if delivered:
-            text += f"; the caller has the first {delivered} characters"
-            if self.no_continuation:
-                then = f"{then}; no continuation support on: {', '.join(self.no_continuation)}"
-        return StreamInterruptedError(self.model, f"{text}; {then}", original.exc)
 
+def _read(chunk: Any, inner: Any) -> dict:
+    """A LiteLLM stream chunk as the machine's plain values (``inner``: LiteLLM's inner wrapper, which alone keeps
+    the provider's own finish reason on 1.108; None where the line raises on a stream without one itself)."""
+    choice = chunk.choices[0] if getattr(chunk, "choices", None) else None
+    finish = getattr(choice, "finish_reason", None) if choice is not None else None
+    said = None
+    if finish is not None and inner is not None:
+        said = getattr(inner, "received_finish_reason", None) or getattr(inner, "intermittent_finish_reason", None)
+    usage = getattr(chunk, "usage", None)
+    total = getattr(usage, "total_tokens", None) if usage is not None else None
+    delta = getattr(choice, "delta", None) if choice is not None else None
+    return {"content": getattr(delta, "content", None) if delta is not None else None, "finish": finish,
+            "provider_finish": said, "finish_known": inner is not None,
+            "usage_tokens": total if isinstance(total, int) else None,
+            "tool_calls": bool(getattr(delta, "tool_calls", None))}
 
 class GuardedStream(CustomStreamWrapper):
     """What the caller iterates: the guarded chunks of every hop, as one stream (a CustomStreamWrapper, so the
@@ -598,22 +492,6 @@ class GuardedStream(CustomStreamWrapper):
 def _rejects_request(exc: BaseException) -> bool:
     status = getattr(exc, "status_code", None)
     return isinstance(exc, litellm.BadRequestError) or status in (400, 422)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_short(scrub(_plain(exc)), 240)}"
-
-
-def _plain(exc: BaseException) -> str:
-    """The exception's message without LiteLLM's repeated class-name prefixes and model-group suffix."""
-    text = str(getattr(exc, "message", None) or exc).split("\nLiteLLM: model group", 1)[0]
-    text = _PREFIX.sub("", text).replace("router_plugin: ", "", 1)
-    return text.strip()
-
-
-def _short(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 __all__ = ["FINISH_GRACE_S", "GuardedStream", "StreamInterruptedError", "install_stream_guard"]

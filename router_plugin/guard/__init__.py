@@ -1,1 +1,2 @@
-"""The time limits' pure parts (no LiteLLM): deadlines.py. The adapter applies them through LiteLLM's hooks."""
+"""The guard's pure parts (no LiteLLM): deadlines.py (the time limits), stream.py (the stream guard's state machine).
+The adapter applies them through LiteLLM's hooks."""
