@@ -231,14 +231,14 @@ def test_each_call_costs_one_reservation_and_the_pick_takes_the_prefetched_one(s
     from router_plugin.demo import DEMO_GROUP
 
     router = _router(sim, redis_url)
-    taken, sent = [], []
-    original = strategy_module.QuotaRouting._prefetched
+    started, sent = [], []
+    original = strategy_module.QuotaRouting.prefetch
     original_start = QuotaStore.start_reserve_first
 
-    async def spy(self, asks):
-        outcome = await original(self, asks)
-        taken.append(outcome is not None)
-        return outcome
+    def spy(self, model, messages, kwargs):
+        prefetch = original(self, model, messages, kwargs)
+        started.append(prefetch)
+        return prefetch
 
     def counted(self, asks):  # every reservation of the store goes through here (reserve_first too)
         sent.append(len(asks))
@@ -246,20 +246,21 @@ def test_each_call_costs_one_reservation_and_the_pick_takes_the_prefetched_one(s
 
     async def run():
         await router.acompletion(model=DEMO_GROUP, messages=[{"role": "user", "content": "warm up"}], max_tokens=8)
-        taken.clear()
+        started.clear()
         sent.clear()
         for i in range(5):
             await router.acompletion(model=DEMO_GROUP, messages=[{"role": "user", "content": f"hi {i}"}],
                                      max_tokens=8)
 
-    strategy_module.QuotaRouting._prefetched = spy
+    strategy_module.QuotaRouting.prefetch = spy
     QuotaStore.start_reserve_first = counted
     try:
         asyncio.run(run())
     finally:
-        strategy_module.QuotaRouting._prefetched = original
+        strategy_module.QuotaRouting.prefetch = original
         QuotaStore.start_reserve_first = original_start
-    assert taken == [True] * 5  # every pick took the reservation its call's entry started
+    assert len(started) == 5 and all(p is not None and p.taken for p in started)
+    assert all(isinstance(p.task.result(), Reservation) for p in started)  # every pick took its call's reservation
     assert sent == [1] * 5  # and nothing reserved a second time
 
 

@@ -158,7 +158,8 @@ class QuotaRouting(CustomRoutingStrategyBase):
     ):
         if self.ready is not None:
             await self.ready()
-        request = _Request.of(self, model, messages, input, request_kwargs)
+        request = self._prefetched_request(model, messages, request_kwargs) \
+            or _Request.of(self, model, messages, input, request_kwargs)
         deadline = time.monotonic() + self.settings.max_wait_s
         turn = self.wait_line.turn(model, priority_of(request.metadata), deadline) \
             if self.settings.max_wait_s > 0 else None  # waiting in order across workers (store/queue.py)
@@ -196,11 +197,16 @@ class QuotaRouting(CustomRoutingStrategyBase):
                 pause_attempt_clock()
                 await turn.sleep(None)
                 continue
-            asks = request.asks()
             started = time.perf_counter()
-            outcome = await self._prefetched(asks)
-            if outcome is None:
-                outcome = await self.store.reserve_first(asks) if asks else []
+            prefetch, request.prefetch = request.prefetch, None
+            if prefetch is not None:  # the very request the prefetch built and sent at the call's entry
+                prefetch.taken = True
+                asks, outcome = prefetch.asks, await prefetch.task
+            else:
+                asks = request.asks()
+                outcome = await self._prefetched(asks)
+                if outcome is None:
+                    outcome = await self.store.reserve_first(asks) if asks else []
             chosen, wait, blocked = request.answer(outcome, asks, time.perf_counter() - started, deadline)
             if chosen is not None:
                 return chosen
@@ -231,12 +237,29 @@ class QuotaRouting(CustomRoutingStrategyBase):
         deployments = self.router.get_model_list(model_name=model)
         if not deployments or shape_problem(messages, kwargs, chat=True):
             return None
-        asks = _Request(self, model, deployments, messages, kwargs).asks()
+        request = _Request(self, model, deployments, messages, kwargs)
+        asks = request.asks()
         if not asks:
             return None
         start = getattr(self.store, "start_reserve_first", None)  # sent now when the store's lane is open
         pending = start(asks) if start is not None else self.store.reserve_first(asks)
-        return Prefetch(asks, asyncio.get_running_loop().create_task(pending), self.store)
+        return Prefetch(asks, asyncio.get_running_loop().create_task(pending), self.store, request, messages)
+
+    def _prefetched_request(self, model: str, messages: Any, request_kwargs: dict | None) -> "_Request | None":
+        """The prefetch's own ``_Request`` when the pick is for the very call it was built from (same group,
+        messages and metadata objects, same size): checked and sized once, not twice."""
+        prefetch = _PREFETCH.get()
+        if prefetch is None or prefetch.taken or prefetch.store is not self.store or request_kwargs is None:
+            return None
+        request = prefetch.request
+        if request.model != model or prefetch.messages is not messages \
+                or _metadata(request_kwargs) is not request.metadata \
+                or requested_max_tokens(request_kwargs, self.settings.default_max_tokens) != request.max_tokens \
+                or any(request_kwargs.get(name) is not None for name in SCHEMA_FIELDS):
+            return None
+        request.kwargs = request_kwargs
+        request.prefetch = prefetch  # the walk takes its Asks and answer as they are (a pace ceiling moves with time)
+        return request
 
     async def _prefetched(self, asks: list[Ask]) -> "Reservation | list[Blocked] | None":
         prefetch = _PREFETCH.get()
@@ -290,10 +313,11 @@ class QuotaRouting(CustomRoutingStrategyBase):
 class Prefetch:
     """A walk's reservation started at the call's entry (``QuotaRouting.prefetch``)."""
 
-    __slots__ = ("asks", "task", "store", "taken")
+    __slots__ = ("asks", "task", "store", "request", "messages", "taken")
 
-    def __init__(self, asks: list[Ask], task: asyncio.Task, store: Any):
+    def __init__(self, asks: list[Ask], task: asyncio.Task, store: Any, request: "_Request", messages: Any):
         self.asks, self.task, self.store, self.taken = asks, task, store, False
+        self.request, self.messages = request, messages
 
     def release(self) -> None:
         """Not taken by the pick: give back what it reserved, as an attempt never sent (off the caller's path)."""
@@ -367,6 +391,7 @@ class _Request:
         self.retry_rate_limited = False  # set once a 429's short Retry-After has been waited out
         self.waited_for: list[Blocked] = []
         self._deployment_of: dict[str, dict] = {}
+        self.prefetch: Prefetch | None = None  # set when this request's first walk was sent at the call's entry
 
     @classmethod
     def of(cls, strategy: QuotaRouting, model: str, messages, input, request_kwargs) -> "_Request":

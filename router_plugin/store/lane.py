@@ -137,7 +137,7 @@ class Lane:
     def __init__(self, address: LaneAddress) -> None:
         self.address = address
         self._connection: _Connection | None = None
-        self._lock = asyncio.Lock()
+        self._opening: asyncio.Future | None = None
         self.connects = 0  # connections opened (tests, status)
 
     def start_evalsha(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
@@ -174,20 +174,30 @@ class Lane:
     async def _wait(self, connection: _Connection, future: asyncio.Future) -> Any:
         try:
             async with asyncio.timeout(self.address.timeout_s):
-                return await future
+                return await asyncio.shield(future)
         except TimeoutError:
-            error = redis.TimeoutError(f"Timeout reading from the quota store at {self.address.describe()}")
+            if future.done():  # the reply was read in the very loop turn the timer fired (this loop ran late)
+                return future.result()
+            future.cancel()  # its reply, if it ever comes, is read and dropped: the others stay in order
             connection.close(redis.ConnectionError(f"the quota store at {self.address.describe()} did not answer "
                                                    f"within {self.address.timeout_s:g} s"))
-            raise error from None
+            raise redis.TimeoutError(f"Timeout reading from the quota store at {self.address.describe()}") from None
 
     async def _connect(self) -> _Connection:
-        async with self._lock:  # calls of this loop that find no connection share the one being opened
-            connection = self._connection
-            if connection is None or connection.lost is not None:
-                connection = self._connection = await self._open()
-                self.connects += 1
+        """The calls of this loop that find no open connection share one attempt to open it, and its error."""
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(self._open_once())
+            opening.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved
+        return await asyncio.shield(opening)
+
+    async def _open_once(self) -> _Connection:
+        try:
+            connection = self._connection = await self._open()
+            self.connects += 1
             return connection
+        finally:
+            self._opening = None
 
     async def _open(self) -> _Connection:
         address = self.address

@@ -592,9 +592,12 @@ class ResilientQuotaStore(QuotaStore):
         self.lag_retries = 0  # calls tried again because the event loop, not Redis, was late
         self.pool_waits = 0  # calls that waited again for a free connection (a burst, Redis healthy)
 
-    async def _guarded(self, action: str, call: Callable[[], Awaitable[Any]], fallback: Callable[[], Any]) -> Any:
+    async def _guarded(self, action: str, call: Callable[[], Awaitable[Any]], fallback: Callable[[], Any],
+                       use_redis: bool | None = None) -> Any:
+        """``call()`` under the fault policy; ``use_redis``: the guard's answer when the caller already asked it
+        (``use_redis()`` hands out the one probe per interval: asking twice would lose it)."""
         guard = self.guard
-        if guard.use_redis():
+        if guard.use_redis() if use_redis is None else use_redis:
             try:
                 # The client's own timeouts bound each wait on Redis (connect, every reply) to redis_timeout_s and
                 # it never sleeps to retry: that is what a dead or hung Redis costs one request. No deadline over
@@ -707,19 +710,21 @@ class ResilientQuotaStore(QuotaStore):
         """``reserve_first`` sent now when Redis is in use and the lane open (see ``QuotaStore``), under the same
         fault policy when awaited."""
         asks = list(asks)
-        if not asks or not self.guard.use_redis():
+        if not asks:
             return self.reserve_first(asks)
+        if not self.guard.use_redis():  # asked once: a probe it hands out is this call's
+            return self._reserve_started(asks, None)
         return self._reserve_started(asks, QuotaStore.start_reserve_first(self, asks))
 
     async def _reserve_started(self, asks: list[Ask], started: Any) -> Reservation | list[Blocked]:
-        first = [started]  # the call already sent; a retry (the loop ran late) sends a new one
+        first = [started] if started is not None else []  # the call already sent; a retry (the loop ran late) sends anew
         try:
             return await self._guarded(
                 "reserve", lambda: first.pop() if first else QuotaStore.reserve_first(self, asks),
-                lambda: self.guard.local_reserve_first(asks),
+                lambda: self.guard.local_reserve_first(asks), use_redis=started is not None,
             )
         finally:
-            for pending in first:  # Redis was set aside meanwhile: the local limiter answered
+            for pending in first:  # not awaited (cannot happen: use_redis was decided above); never left pending
                 pending.close()
 
     async def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
