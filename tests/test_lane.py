@@ -104,6 +104,34 @@ def test_two_hundred_calls_in_flight_share_one_connection_and_reserve_exactly_th
     assert lane.connects == 1
 
 
+def test_callers_that_go_away_leave_every_other_reply_in_its_place(redis_url):
+    """Twenty calls in flight on the one connection, each on a plan of its own capacity; five callers are cancelled
+    while they wait. Every other caller gets its own plan's answer (replies are matched in order)."""
+    plans = [_plan(f"m{i}", cap=10 + i) for i in range(20)]
+    store = _store(redis_url)
+
+    async def run():
+        await store.reserve_first([Ask(plans[0], 1)])  # the connection is open: every call below is sent at once
+        redis.Redis.from_url(redis_url).flushall()
+        tasks = [asyncio.ensure_future(store.reserve_first([Ask(p, 1)])) for p in plans]
+        await asyncio.sleep(0)  # all sent, none answered yet
+        for i in (1, 5, 9, 13, 17):
+            tasks[i].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        again = await store.reserve_first([Ask(plans[2], 1)])
+        await store.aclose()
+        return done, again
+
+    done, again = asyncio.run(run())
+    for i, outcome in enumerate(done):
+        if i in (1, 5, 9, 13, 17):
+            assert isinstance(outcome, asyncio.CancelledError)
+        else:
+            assert isinstance(outcome, Reservation) and outcome.plan is plans[i]
+            assert outcome.remaining("minute").remaining == 10 + i - 1  # its own counter, not a neighbour's
+    assert again.remaining("minute").remaining == 12 - 2
+
+
 def test_a_flushed_script_cache_is_loaded_again(redis_url):
     plan = _plan()
     store = _store(redis_url)

@@ -182,6 +182,9 @@ class Lane:
             connection.close(redis.ConnectionError(f"the quota store at {self.address.describe()} did not answer "
                                                    f"within {self.address.timeout_s:g} s"))
             raise redis.TimeoutError(f"Timeout reading from the quota store at {self.address.describe()}") from None
+        except asyncio.CancelledError:  # the caller went away: its reply is read and dropped when it comes
+            future.cancel()
+            raise
 
     async def _connect(self) -> _Connection:
         """The calls of this loop that find no open connection share one attempt to open it, and its error."""
