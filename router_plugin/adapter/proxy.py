@@ -799,7 +799,16 @@ _INNER_HEADERS = frozenset({b"content-length", b"content-type", b"date", b"serve
 import contextvars  # noqa: E402
 import hashlib  # noqa: E402
 
-_CALLER: "contextvars.ContextVar[str | None]" = contextvars.ContextVar("router_plugin_caller", default=None)
+class _Call:
+    """The request the layer let through: its caller, and the group the pre-call hook saw (set by the hook)."""
+
+    __slots__ = ("caller", "group")
+
+    def __init__(self, caller: str):
+        self.caller, self.group = caller, None
+
+
+_CALLER: "contextvars.ContextVar[_Call | None]" = contextvars.ContextVar("router_plugin_caller", default=None)
 
 
 @dataclasses.dataclass
@@ -807,6 +816,7 @@ class _Known:
     fields: dict
     auth: Any  # LiteLLM's UserAPIKeyAuth of the caller (its limits and spend go into LiteLLM's headers)
     until: float
+    refused: bool = False  # the last reply for this caller and group was a refusal: check the next one here
 
 
 class FastRefusals:
@@ -830,7 +840,9 @@ class FastRefusals:
                 del self.known[key]
             if len(self.known) >= _FAST_MAX_CALLERS:
                 self.known.clear()
-        self.known.setdefault(caller, {})[group] = _Known(fields, auth, now + _FAST_TTL_S)
+        groups = self.known.setdefault(caller, {})
+        last = groups.get(group)
+        groups[group] = _Known(fields, auth, now + _FAST_TTL_S, last is not None and last.refused)
 
     def lookup(self, caller: str, group: Any) -> _Known | None:
         groups = self.known.get(caller)
@@ -840,7 +852,7 @@ class FastRefusals:
         if entry.until <= time.monotonic():
             del groups[group]
             return None
-        return entry
+        return entry if entry.refused else None
 
     def caller_of(self, scope: Mapping[str, Any]) -> str | None:
         auth = forwarded = None
@@ -867,10 +879,12 @@ class FastRefusals:
         caller = self.caller_of(scope)
         if caller is None:
             return await self.app(scope, receive, send)
-        token = _CALLER.set(caller)  # the pre-call hook remembers the caller once LiteLLM authenticated it
+        call = _Call(caller)
+        token = _CALLER.set(call)  # the pre-call hook remembers the caller once LiteLLM authenticated it
         try:
-            if not self.known.get(caller):
-                return await self.app(scope, receive, self._watch(send))
+            groups = self.known.get(caller)
+            if not groups or not any(e.refused for e in groups.values()):  # a served caller pays nothing more
+                return await self.app(scope, receive, self._watch(send, call))
             messages, body = await _read_body(receive)
             response = None
             if body is not None and self.outer_headers is not None:
@@ -881,19 +895,24 @@ class FastRefusals:
             if response is not None:
                 self.answered += 1
                 return await response(scope, _replay(messages, receive), self._outer(send))
-            return await self.app(scope, _replay(messages, receive), self._watch(send))
+            return await self.app(scope, _replay(messages, receive), self._watch(send, call))
         finally:
             _CALLER.reset(token)
 
-    def _watch(self, send: Any) -> Any:
-        """``send`` that learns, from a refusal the pre-call hook answered, the headers LiteLLM's middlewares add
-        to every response (security headers, Vary): a fast refusal carries the same."""
+    def _watch(self, send: Any, call: _Call) -> Any:
+        """``send`` that notes whether the reply LiteLLM gave was the plugin's refusal (then the caller's next
+        request for that group is checked here), and learns from one the headers LiteLLM's middlewares add to every
+        response (security headers, Vary): a fast refusal carries the same."""
         async def watched(message):
-            if message.get("type") == "http.response.start" and message.get("status") in (429, 503):
+            if message.get("type") == "http.response.start":
                 headers = message.get("headers") or ()
-                if (b"x-router-plugin-deployment", b"none") in headers:
+                refused = message.get("status") in (429, 503) and (b"x-router-plugin-deployment", b"none") in headers
+                if refused:
                     self.outer_headers = [(k, v) for k, v in headers if k not in _INNER_HEADERS
                                           and not k.startswith((b"x-litellm-", b"x-router-plugin-"))]
+                entry = self.known.get(call.caller, {}).get(call.group) if call.group is not None else None
+                if entry is not None:
+                    entry.refused = refused
             await send(message)
 
         return watched
@@ -1075,8 +1094,8 @@ def install_fast_refusals(handler: "ProxyHandler") -> "FastRefusals | None":
 def _remember_caller(data: Any, user_api_key_dict: Any, call_type: Any) -> None:
     """Pre-call hook (LiteLLM authenticated the request): the fast layer may answer this caller's next refusals
     for this group. Only when the group is the one the body named (a key's model alias renames it)."""
-    caller = _CALLER.get()
-    if caller is None or call_type not in _EARLY_CALL_TYPES or not isinstance(data, dict):
+    call = _CALLER.get()
+    if call is None or call_type not in _EARLY_CALL_TYPES or not isinstance(data, dict):
         return
     import sys
 
@@ -1090,4 +1109,5 @@ def _remember_caller(data: Any, user_api_key_dict: Any, call_type: Any) -> None:
     meta = _state_holder(data)
     if not isinstance(model, str) or not isinstance(body, Mapping) or body.get("model") != model or meta is None:
         return
-    layer.remember(caller, model, {n: meta[n] for n in _AUTH_FIELDS if n in meta}, user_api_key_dict)
+    call.group = model
+    layer.remember(call.caller, model, {n: meta[n] for n in _AUTH_FIELDS if n in meta}, user_api_key_dict)
