@@ -197,6 +197,19 @@ def test_the_first_refusal_goes_through_the_hook_the_next_come_from_the_layer_wi
     assert sum(stack.sim.stats()["requests"].get("openrouter", {}).values()) == 1  # only the day's one request
 
 
+def test_a_streamed_request_is_refused_by_the_layer_as_by_the_hook(stack):
+    stack.spend_the_day()
+    body = {"model": SOLO, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+    before = stack.hooks()
+    first = stack.post(body)
+    assert first.status_code == 429 and stack.hooks() == before + 1
+    later = stack.post(body)
+    assert stack.hooks() == before + 1  # from the layer
+    assert later.status_code == 429
+    assert _same(json.dumps(sorted(_headers(later).items()))) == _same(json.dumps(sorted(_headers(first).items())))
+    assert _same(later.text) == _same(first.text)
+
+
 def test_freed_quota_is_served_by_the_very_next_request_never_refused_from_memory(stack):
     stack.spend_the_day()
     for _ in range(3):
