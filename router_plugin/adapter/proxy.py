@@ -21,7 +21,9 @@ In every proxy worker, ``proxy_handler``:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -795,9 +797,6 @@ _FAST_MARK = "_router_plugin_fast_refusals"
 #: middlewares').
 _INNER_HEADERS = frozenset({b"content-length", b"content-type", b"date", b"server", b"retry-after",
                             b"x-should-retry", b"content-encoding", b"transfer-encoding"})
-
-import contextvars  # noqa: E402
-import hashlib  # noqa: E402
 
 class _Call:
     """The request the layer let through: its caller, and the group the pre-call hook saw (set by the hook)."""
