@@ -123,6 +123,8 @@ class Settings:
     calibration: Calibration = field(default_factory=Calibration)
     metrics: Metrics = field(default_factory=Metrics)
     policy: Policy = field(default_factory=Policy)  # keys priority, pace, shares (priority.py)
+    # proxy.fast_refusals: answer a known caller's quota refusal in front of the proxy app (adapter/proxy.py)
+    fast_refusals: bool = True
     # Filled by load_config from the rest of the file (not keys of the section): where redis_url came from when
     # it is the user's LiteLLM Redis, and the LiteLLM settings the plugin overrides (logged as warnings at start).
     store_source: str | None = None
@@ -147,7 +149,7 @@ class PluginConfig:
 _SECTION_KEYS = {
     "redis_url", "embedded_path", "key_prefix", "redis_timeout_s", "openrouter", "limits", "max_wait_s", "max_waiters",
     "arrival_margin_s", "allow_paid", "default_max_tokens", "cooldowns", "on_store_error", "expected_workers",
-    "redis_cluster", "timeouts", "calibration", "metrics", "priority", "pace", "shares",
+    "redis_cluster", "timeouts", "calibration", "metrics", "priority", "pace", "shares", "proxy",
 }
 
 
@@ -519,7 +521,21 @@ def parse_settings(section: Any, where: str = "<dict>") -> Settings:
         calibration=_parse_seconds(section.get("calibration"), Calibration, "calibration", where, zero_ok=True),
         metrics=_parse_metrics(section.get("metrics"), where),
         policy=_parse_policy(section, where),
+        fast_refusals=_parse_proxy(section.get("proxy"), where),
     )
+
+
+def _parse_proxy(raw: Any, where: str) -> bool:
+    """``proxy: {fast_refusals: true}`` (the only key): whether the proxy answers a known caller's quota refusal
+    in front of LiteLLM's app (README "Refusals through the proxy")."""
+    if raw is None:
+        return True
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, "router_plugin.proxy", f"must be a mapping like {{fast_refusals: true}}, got {_shown(raw)}")
+    for key in raw:
+        if key != "fast_refusals":
+            raise ConfigError(where, f"router_plugin.proxy.{key}", "unknown key", "the only key is fast_refusals: true | false")
+    return _bool(raw, "fast_refusals", True, where, prefix="router_plugin.proxy.")
 
 
 def _parse_limits(raw: Any, where: str) -> dict[str, LimitOverride]:

@@ -45,7 +45,7 @@ def sim(sim_server):
 # ---- the proxy tests (marker `proxy`): the SDK run on a newer LiteLLM deselects them (`pytest -m "not proxy"`) ----
 # They run the LiteLLM proxy, which installs only on the 1.108 line (litellm[proxy]; README "Support table").
 PROXY_FILES = {"test_proxy_e2e.py", "test_streams_proxy.py", "test_proxy_paths.py", "test_proxy_early.py",
-               "test_priority_proxy.py",
+               "test_priority_proxy.py", "test_proxy_fast_refusal.py",
                "test_bench.py"}  # the bench runs the proxy (part 5) and stock LiteLLM 1.108's strategies
 PROXY_TESTS = {
     "test_the_proxy_refuses_a_bad_config_with_one_line",  # test_config.py

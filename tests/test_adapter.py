@@ -68,6 +68,7 @@ def test_the_private_hooks_are_few_and_each_says_so():
                for line in ("1.108", "core")}
     assert private["core"] == ["malformed stream events skipped"]  # no public way: README Support table
     assert private["1.108"] == sorted(["malformed stream events skipped", "per-attempt headers / first-token limit",
+                                       "proxy fast refusals",
                                        "retry discipline (402 / context-400 / malformed-400 split, no Retry-After "
                                        "sleep)", "stream finish reason", "stream headers signal"])
 

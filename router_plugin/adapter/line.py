@@ -138,7 +138,33 @@ NEEDS: dict[str, dict[str, tuple[str, Any]]] = {
         "1.108": ("Router._acompletion_streaming_iterator (private)",
                   lambda r: _has(r, "_acompletion_streaming_iterator")),
     },
+    # The proxy's fast refusals (adapter/proxy.py FastRefusals): a layer put in front of the app's built middleware
+    # stack, answering with the proxy's own header and error rendering. Checked only inside the proxy.
+    "proxy fast refusals": {
+        "1.108": ("Starlette app.middleware_stack + proxy_server.openai_exception_handler + "
+                  "ProxyBaseLLMRequestProcessing.get_custom_headers / ProxyException / openai_error_type (private)",
+                  lambda r: _fast_refusal_seams()),
+    },
 }
+
+
+_FAST_REFUSAL_NAMES = ("ProxyBaseLLMRequestProcessing", "ProxyException", "UNSAFE_PROXY_RESPONSE_HEADERS",
+                       "openai_error_type", "openai_error_param", "redact_internal_details_from_client_message",
+                       "strip_bug_report_notice")
+
+
+def _fast_refusal_seams() -> bool:
+    import sys
+
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    if proxy_server is None:  # not in the proxy: nothing to check
+        return True
+    from litellm.proxy import common_request_processing as crp
+
+    return (hasattr(getattr(proxy_server, "app", None), "middleware_stack")
+            and callable(getattr(proxy_server, "openai_exception_handler", None))
+            and all(hasattr(crp, name) for name in _FAST_REFUSAL_NAMES)
+            and callable(getattr(crp.ProxyBaseLLMRequestProcessing, "get_custom_headers", None)))
 
 
 def _sse_parsers() -> bool:

@@ -157,8 +157,15 @@ class QuotaStore(_Base):
         groups = _codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])
         return self._first_answer(groups, self._start_group(groups[0]) if groups else None)
 
-    def _start_group(self, group: list[Ask]) -> tuple[Awaitable[Any], list | None]:
-        call = _codec.first_call(self.keys, group, self.margin_ms)
+    async def peek_first(self, asks: Sequence[Ask]) -> Reservation | list[Blocked]:
+        """Would ``reserve_first(asks)`` reserve one now? The same check at the same cost, nothing reserved (the
+        chosen candidate's Reservation holds nothing): one round trip, like ``reserve_first``. The proxy's fast
+        refusals (adapter/proxy.py) ask this before answering a 429 in front of LiteLLM."""
+        groups = _codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])
+        return await self._first_answer(groups, self._start_group(groups[0], True) if groups else None, True)
+
+    def _start_group(self, group: list[Ask], dry: bool = False) -> tuple[Awaitable[Any], list | None]:
+        call = (_codec.dry_first_call if dry else _codec.first_call)(self.keys, group, self.margin_ms)
         carried = self.deferred.take() if not self.target.cluster and len(self.deferred) else None
         try:
             if carried:  # this process's deferred settles ride along: applied first, same round trip
@@ -168,11 +175,11 @@ class QuotaStore(_Base):
         except BaseException as exc:  # raised when awaited, with the same bookkeeping
             return _raising(exc), carried
 
-    async def _first_answer(self, groups: list[list[Ask]],
-                            first: tuple[Awaitable[Any], list | None] | None) -> Reservation | list[Blocked]:
+    async def _first_answer(self, groups: list[list[Ask]], first: tuple[Awaitable[Any], list | None] | None,
+                            dry: bool = False) -> Reservation | list[Blocked]:
         blocked: list[Blocked] = []
         for i, group in enumerate(groups):
-            pending, carried = first if i == 0 else self._start_group(group)
+            pending, carried = first if i == 0 else self._start_group(group, dry)
             try:
                 reply = await pending
             except BaseException as exc:

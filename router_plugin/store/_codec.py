@@ -187,6 +187,20 @@ def first_call(keys: "KeySpace", asks: Sequence[Ask], margin_ms: int) -> tuple[l
     return all_keys, args
 
 
+def dry_first_call(keys: "KeySpace", asks: Sequence[Ask], margin_ms: int) -> tuple[list[str], list]:
+    """KEYS and ARGV of a reserve.lua call that checks ``asks`` as ``first_call`` would, at each one's real cost,
+    and writes nothing (mode DRY with the cost: the first that fits is named, none fits: every reason)."""
+    all_keys: list[str] = []
+    args: list = [len(asks), int(margin_ms)]
+    for ask in asks:
+        all_keys += candidate_keys(keys, ask)
+        counters = ask.counters
+        args += [REPORT if ask.peek else DRY, len(counters)]
+        for counter in counters:
+            args += _counter_args(counter, ask.tokens, ask.ceilings, ask.peek)
+    return all_keys, args
+
+
 def slot_groups(asks: Sequence[Ask]) -> list[list[Ask]]:
     """Redis Cluster: consecutive candidates of one slot, in order (each call's keys must share a slot). An
     unmetered candidate (slot "") has a key of its own slot: alone."""
