@@ -16,6 +16,7 @@ from router_plugin.errors import StoreError
 from router_plugin.limits import Counter, DeploymentPlan, Limit
 from router_plugin.store import Ask, Blocked, QuotaStore, Reservation, StoreTarget, resolve_target
 from router_plugin.store.lane import Lane, LaneAddress, pack
+from tests.support import needs_108
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +255,7 @@ def _router(sim, redis_url, chain=None):
     return router_plugin.build_router(config)
 
 
+@needs_108("the reservation lane and the prefetch", "redis-py carries the reservations; no prefetch")
 def test_each_call_costs_one_reservation_and_the_pick_takes_the_prefetched_one(sim, redis_url):
     from router_plugin.adapter import strategy as strategy_module
     from router_plugin.demo import DEMO_GROUP
@@ -299,6 +301,7 @@ def _used(client, plan, key: str = "rpm") -> float:
     return round(float(client.hget(KeySpace().counter(plan, counter), "used") or 0))  # a day bucket drains slowly
 
 
+@needs_108("the reservation lane and the prefetch", "redis-py carries the reservations; no prefetch")
 def test_a_call_that_fails_before_its_pick_gives_the_prefetched_reservation_back(sim, redis_url):
     """LiteLLM raised between the call's entry and the pick (here: the Router's own function, replaced): what the
     prefetch reserved is refunded as never sent (request and tokens)."""
@@ -339,6 +342,7 @@ def test_a_call_that_fails_before_its_pick_gives_the_prefetched_reservation_back
     assert tokens == 0
 
 
+@needs_108("the reservation lane and the prefetch", "redis-py carries the reservations; no prefetch")
 def test_a_pick_whose_asks_differ_from_the_prefetch_walks_again_and_the_prefetch_is_given_back(sim, redis_url):
     from router_plugin.adapter.installer import installed
     from router_plugin.adapter.router_api import all_deployments
@@ -374,6 +378,7 @@ def test_a_pick_whose_asks_differ_from_the_prefetch_walks_again_and_the_prefetch
     assert _used(client, plan, "tpd") == metadata["router_plugin"]["tokens"] < 10_000  # the prefetch's tokens: back
 
 
+@needs_108("the reservation lane and the prefetch", "redis-py carries the reservations; no prefetch")
 def test_no_prefetch_for_a_malformed_or_unknown_request_or_when_waiting_is_allowed(sim, redis_url):
     from router_plugin.adapter.installer import installed
     from router_plugin.demo import DEMO_GROUP

@@ -102,6 +102,7 @@ class QuotaStore(_Base):
         super().__init__(target, prefix, arrival_margin_s)
         self._fixed_client = client
         self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.lane_allowed = True  # False: every call through redis-py (the adapter sets it per LiteLLM line)
         self.deferred = AdjustQueue()  # settles and calibrations not yet in Redis (batch.py)
         self._timers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> flush timer
         self._flushing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> flush task in flight
@@ -116,7 +117,7 @@ class QuotaStore(_Base):
             client = self._fixed_client if self._fixed_client is not None else self.target.async_client()
             scripts = {name: client.register_script(src) for name, src in _codec.SCRIPTS.items()}
             scripts["client"] = client
-            address = LaneAddress.of(self.target) if self._fixed_client is None else None
+            address = LaneAddress.of(self.target) if self._fixed_client is None and self.lane_allowed else None
             scripts["lane"] = Lane(address) if address is not None else None  # the reservations' path (lane.py)
             self._per_loop[loop] = scripts
         return scripts
