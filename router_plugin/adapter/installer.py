@@ -108,9 +108,10 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
         on_store_error=settings.on_store_error, expected_workers=settings.expected_workers,
     )
     if line.core:
-        # The reservation lane (store/lane.py) is the 1.108 line's for now: on 1.110.2 with the lane, the next pick
-        # did not see the failure note the attempt hook leaves and picked the failed deployment again
-        # (tests/test_streams.py; the cause is not found yet). Redis-py carries the reservations there, as before.
+        # The reservation lane (store/lane.py) is the 1.108 line's for now: on 1.110.2 a stream that fails on its
+        # first chunk gets no attempt-hook failure note, so the retry skips that deployment only through the
+        # cooldown the failure callback writes to Redis, and the lane's faster pick overtook that write
+        # (tests/test_streams.py). Redis-py carries the reservations there, as before.
         store.lane_allowed = False
     plans = PlanBook(settings.plan_inputs)
     owner = uuid.uuid4().hex[:12]
