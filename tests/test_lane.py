@@ -399,3 +399,26 @@ def test_no_prefetch_for_a_malformed_or_unknown_request_or_when_waiting_is_allow
 
     out, ok = asyncio.run(run())
     assert out == [None, None, None] and ok is not None
+
+
+def test_calls_while_redis_is_down_are_one_outage_not_one_each(tmp_path):
+    """``reserve_first`` through the resilient store is guarded once: a call guarded twice turned each failure into
+    a new outage and its local answer into a recovery (1.110.2's SDK run: outages 6 where 1 was due)."""
+    from router_plugin.store import open_stores
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    store, _ = open_stores(resolve_target(server.url, None, 0.5), "lane-test:", expected_workers=4)
+
+    async def run():
+        assert isinstance(await store.reserve_first([Ask(_plan(), 1)]), Reservation)
+        server.stop()
+        for _ in range(5):
+            await store.reserve_first([Ask(_plan(), 1)])  # the local share answers
+        return store.guard.outages, store.guard.reachable
+
+    try:
+        assert asyncio.run(run()) == (1, False)
+    finally:
+        server.stop()

@@ -150,7 +150,9 @@ class QuotaStore(_Base):
         """Reserve the first candidate that fits, in order (all its counters, all or none): one round trip for
         the whole chain (on a cluster: one per run of consecutive candidates sharing a slot). None fits: every
         candidate's Blocked, in order (report-only candidates only when blocked)."""
-        return await self.start_reserve_first(asks)
+        # QuotaStore's own, not an override: the resilient store's start_reserve_first guards the call again, and a
+        # call guarded twice turned each failure into an outage and its local answer into a recovery
+        return await QuotaStore.start_reserve_first(self, asks)
 
     def start_reserve_first(self, asks: Sequence[Ask]) -> Awaitable[Reservation | list[Blocked]]:
         """``reserve_first`` whose (first) call is already on its way to Redis when this returns, if this loop's
