@@ -136,8 +136,8 @@ def install(router: litellm.Router, settings: Settings | Mapping[str, Any] | Non
         from .retry import install_retry_policy
 
         install_retry_policy(router, chain_length=max(groups.values(), default=1))
-    if not line.core:  # the first walk's reservation at the call's entry (strategy.py): it is sent at once through
-        # the lane, which is the 1.108 line's for now (above); without it there is nothing to gain
+    if store.lane_allowed:  # the first walk's reservation at the call's entry (strategy.py): it is sent at once
+        # through the lane (above); without it there is nothing to gain
         install_prefetch(router, lambda: router.__dict__[_ATTR].strategy)
     install_stream_guard(router, installed, line)  # budget, stream guard; 1.108: attempt limits (timeouts.py)
     if deliver_events:

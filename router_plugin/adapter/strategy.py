@@ -248,8 +248,8 @@ class QuotaRouting(CustomRoutingStrategyBase):
     def _prefetched_request(self, model: str, messages: Any, request_kwargs: dict | None) -> "_Request | None":
         """The prefetch's own ``_Request`` when the pick is for the very call it was built from (same group,
         messages and metadata objects, same size): checked and sized once, not twice."""
-        prefetch = _PREFETCH.get()
-        if prefetch is None or prefetch.taken or prefetch.store is not self.store or request_kwargs is None:
+        prefetch = self._pending_prefetch()
+        if prefetch is None or request_kwargs is None:
             return None
         request = prefetch.request
         if request.model != model or prefetch.messages is not messages \
@@ -262,14 +262,20 @@ class QuotaRouting(CustomRoutingStrategyBase):
         return request
 
     async def _prefetched(self, asks: list[Ask]) -> "Reservation | list[Blocked] | None":
-        prefetch = _PREFETCH.get()
-        if prefetch is None or prefetch.taken or prefetch.store is not self.store:
+        """The prefetch's answer when the pick built its own request and asks the same (else it is given back)."""
+        prefetch = self._pending_prefetch()
+        if prefetch is None:
             return None
         prefetch.taken = True
         if prefetch.asks != asks:
             prefetch.release()
             return None
         return await prefetch.task
+
+    def _pending_prefetch(self) -> "Prefetch | None":
+        """This call's prefetch, when it is this strategy's (its store) and not taken yet."""
+        prefetch = _PREFETCH.get()
+        return prefetch if prefetch is not None and not prefetch.taken and prefetch.store is self.store else None
 
     def get_available_deployment(
         self, model: str, messages: list[dict[str, str]] | None = None, input: str | list | None = None,
@@ -339,6 +345,7 @@ class Prefetch:
 
 _PREFETCH: "contextvars.ContextVar[Prefetch | None]" = contextvars.ContextVar("router_plugin_prefetch", default=None)
 _RELEASES: set = set()  # refunds in flight (a reference until done)
+_PREFETCH_MARK = "_router_plugin_prefetch"  # router.__dict__: install_prefetch ran
 
 
 def install_prefetch(router: Any, strategy_of: Any) -> None:
@@ -366,9 +373,6 @@ def install_prefetch(router: Any, strategy_of: Any) -> None:
 
     router.acompletion = acompletion
     router.__dict__[_PREFETCH_MARK] = True
-
-
-_PREFETCH_MARK = "_router_plugin_prefetch"
 
 
 class _Request:

@@ -129,7 +129,7 @@ class QuotaStore(_Base):
         scripts = self._scripts
         lane = scripts["lane"]
         if lane is not None:
-            return lane.start_evalsha(_codec.SCRIPTS[name], keys, args)
+            return lane.start_evalsha(scripts[name], keys, args)
         return scripts[name](keys=keys, args=args)
 
     @property
@@ -157,15 +157,19 @@ class QuotaStore(_Base):
     def start_reserve_first(self, asks: Sequence[Ask]) -> Awaitable[Reservation | list[Blocked]]:
         """``reserve_first`` whose (first) call is already on its way to Redis when this returns, if this loop's
         lane is open: await the result for the answer. Await it always: a call sent is a reservation made."""
-        groups = _codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])
+        groups = self._slot_groups(asks)
         return self._first_answer(groups, self._start_group(groups[0]) if groups else None)
 
     async def peek_first(self, asks: Sequence[Ask]) -> Reservation | list[Blocked]:
         """Would ``reserve_first(asks)`` reserve one now? The same check at the same cost, nothing reserved (the
         chosen candidate's Reservation holds nothing): one round trip, like ``reserve_first``. The proxy's fast
         refusals (adapter/proxy.py) ask this before answering a 429 in front of LiteLLM."""
-        groups = _codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])
+        groups = self._slot_groups(asks)
         return await self._first_answer(groups, self._start_group(groups[0], True) if groups else None, True)
+
+    def _slot_groups(self, asks: Sequence[Ask]) -> list[list[Ask]]:
+        """One script call per group: the whole chain on one Redis; on a cluster, each run of one slot."""
+        return _codec.slot_groups(asks) if self.target.cluster else ([list(asks)] if asks else [])
 
     def _start_group(self, group: list[Ask], dry: bool = False) -> tuple[Awaitable[Any], list | None]:
         call = (_codec.dry_first_call if dry else _codec.first_call)(self.keys, group, self.margin_ms)

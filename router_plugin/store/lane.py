@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Awaitable, Sequence
 
@@ -132,7 +131,7 @@ class _Connection(asyncio.Protocol):
 
 
 class Lane:
-    """One loop's pipelined connection (see the module doc). ``await lane.evalsha(script, keys, args)``."""
+    """One loop's pipelined connection (see the module doc). ``await lane.start_evalsha(script, keys, args)``."""
 
     def __init__(self, address: LaneAddress) -> None:
         self.address = address
@@ -140,17 +139,15 @@ class Lane:
         self._opening: asyncio.Future | None = None
         self.connects = 0  # connections opened (tests, status)
 
-    def start_evalsha(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
-        """EVALSHA of ``source``: when this loop's connection is open the command is written before this returns
-        (Redis runs it while the caller does other work); await the result for the reply."""
-        command = pack("EVALSHA", _sha(source), len(keys), *keys, *args)
+    def start_evalsha(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        """EVALSHA of ``script`` (a script registered with redis-py: its ``sha`` and ``script`` source): when this
+        loop's connection is open the command is written before this returns (Redis runs it while the caller does
+        other work); await the result for the reply."""
+        command = pack("EVALSHA", script.sha, len(keys), *keys, *args)
         connection = self._connection
         if connection is None or connection.lost is not None:
-            return self._script_reply(self.call(command), source, command)
-        return self._script_reply(self._wait(connection, connection.send(command)), source, command)
-
-    async def evalsha(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self.start_evalsha(source, keys, args)
+            return self._script_reply(self.call(command), script.script, command)
+        return self._script_reply(self._wait(connection, connection.send(command)), script.script, command)
 
     async def _script_reply(self, pending: Awaitable[Any], source: str, command: bytes) -> Any:
         reply = await pending
@@ -242,18 +239,8 @@ def _handshake(address: LaneAddress) -> list[bytes]:
 
 def _response_error(reply: _ReplyError) -> redis.RedisError:
     text = str(reply)
-    if text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "invalid password" in text:
-        return redis.AuthenticationError(text) if not text.startswith("NOPERM") else redis.ResponseError(text)
+    if text.startswith(("WRONGPASS", "NOAUTH")) or "invalid password" in text:
+        return redis.AuthenticationError(text)
     if text.startswith("NOSCRIPT"):
         return redis.exceptions.NoScriptError(text)
     return redis.ResponseError(text)
-
-
-_SHAS: dict[str, str] = {}
-
-
-def _sha(source: str) -> str:
-    sha = _SHAS.get(source)
-    if sha is None:
-        sha = _SHAS[source] = hashlib.sha1(source.encode()).hexdigest()
-    return sha

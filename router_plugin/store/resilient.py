@@ -712,20 +712,12 @@ class ResilientQuotaStore(QuotaStore):
         asks = list(asks)
         if not asks:
             return self.reserve_first(asks)
-        if not self.guard.use_redis():  # asked once: a probe it hands out is this call's
-            return self._reserve_started(asks, None)
-        return self._reserve_started(asks, QuotaStore.start_reserve_first(self, asks))
-
-    async def _reserve_started(self, asks: list[Ask], started: Any) -> Reservation | list[Blocked]:
-        first = [started] if started is not None else []  # the call already sent; a retry (the loop ran late) sends anew
-        try:
-            return await self._guarded(
-                "reserve", lambda: first.pop() if first else QuotaStore.reserve_first(self, asks),
-                lambda: self.guard.local_reserve_first(asks), use_redis=started is not None,
-            )
-        finally:
-            for pending in first:  # not awaited (cannot happen: use_redis was decided above); never left pending
-                pending.close()
+        use_redis = self.guard.use_redis()  # asked once: a probe it hands out is this call's
+        first = [QuotaStore.start_reserve_first(self, asks)] if use_redis else []
+        return self._guarded(  # the call already sent first; a retry (the loop ran late) sends anew
+            "reserve", lambda: first.pop() if first else QuotaStore.reserve_first(self, asks),
+            lambda: self.guard.local_reserve_first(asks), use_redis=use_redis,
+        )
 
     async def settle(self, reservation: Reservation, actual_tokens: int, seen: Iterable[Remaining] = ()) -> None:
         seen = list(seen)
